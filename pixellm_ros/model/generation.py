@@ -1,0 +1,320 @@
+"""Answer generation: one prefill and a KV-cached decode, collecting codebook states on the way.
+
+The release re-runs the whole sequence (image included) for every new token and reads the codebook
+states from the last step. Here the image prefix (system prompt + image tokens) is prefilled once per
+frame and shared by every question on it; each question prefills only its own tokens; each new
+token costs one position. The state that produced a codebook token is kept when the token is
+chosen, so a target's mask is decoded as soon as its group of 6 codebook tokens is complete.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from .config import CODEBOOK_SIZE, IMAGE_TOKEN_INDEX
+from .llama import KVCache
+from .pixellm import ImageFeatures, PixelLMForCausalLM
+from .processing import build_prompt
+from .tokenizer import IMAGE_PLACEHOLDER, PixelLMTokenizer
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 512  # the release's value
+    do_sample: bool = False  # greedy by default, as the release
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Target:
+    """One target named in the answer: a complete group of 6 codebook tokens."""
+
+    index: int
+    phrase: str  # words of the answer that name it
+    logits: np.ndarray  # (H, W) float32 mask logits at the original image size
+    score: float  # mean sigmoid over the mask's pixels (the release's mask score)
+    token_span: tuple[int, int]  # [start, end) of its codebook tokens in the generated ids
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.logits > 0
+
+    @property
+    def pixel_count(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """(x, y, width, height) in pixels; all zero for an empty mask."""
+        ys, xs = np.nonzero(self.mask)
+        if len(xs) == 0:
+            return (0, 0, 0, 0)
+        return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+
+
+@dataclass
+class TextEvent:
+    text: str  # the whole decoded answer so far
+    delta: str  # what it added (may be empty when a piece only completes later)
+
+
+@dataclass
+class TargetEvent:
+    target: Target
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    raw_text: str  # decode with special tokens kept, as the release prints it
+    answer: str  # human-readable: codebook tokens and </s> removed
+    targets: list[Target]
+    incomplete_codebook_tokens: int  # codebook tokens after the last complete group of 6
+    stop_reason: str  # "eos", "max_new_tokens" or "cancelled"
+    codebook_hidden: torch.Tensor = field(repr=False)  # (n_codebook_tokens, H) producing states
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class ImagePrefix:
+    """KV cache of `<s>system USER: <im_start>` + image tokens, shared by all questions on one image."""
+
+    cache: KVCache
+    key_valid: torch.Tensor  # (1, P) bool
+    ids: list[int]  # the prompt ids it covers, with IMAGE_TOKEN_INDEX for the image
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+
+def split_prompt(tokenizer: PixelLMTokenizer, question: str, use_im_start_end: bool = True) -> tuple[list[int], list[int]]:
+    """Prompt ids before the image (with BOS) and after it, as the release tokenizes them."""
+    if IMAGE_PLACEHOLDER in question:
+        raise ValueError(f"the question must not contain {IMAGE_PLACEHOLDER}")
+    ids = tokenizer.encode_with_image(build_prompt(question, use_im_start_end))
+    cut = ids.index(IMAGE_TOKEN_INDEX)
+    return ids[:cut], ids[cut + 1:]
+
+
+@torch.no_grad()
+def prefill_image(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures) -> ImagePrefix:
+    head, _ = split_prompt(tokenizer, "", model.config.mm_use_im_start_end)
+    head_ids = torch.tensor([head], device=model.device)
+    embeds = torch.cat([model.model.embed_tokens(head_ids), image.llm_tokens], dim=1)
+    valid = torch.cat([torch.ones_like(head_ids, dtype=torch.bool), image.llm_valid], dim=1)
+    cache = KVCache.allocate(model.config, 1, embeds.shape[1], model.device, model.dtype)
+    positions = torch.arange(embeds.shape[1], device=model.device)[None]
+    model.model(embeds, positions, valid, cache)
+    return ImagePrefix(cache, valid, head + [IMAGE_TOKEN_INDEX])
+
+
+class _Sampler:
+    def __init__(self, cfg: SamplingConfig, device) -> None:
+        self.cfg = cfg
+        self.gen = None
+        if cfg.do_sample:
+            self.gen = torch.Generator(device=device)
+            self.gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits: (B, V) -> (B,) token ids."""
+        if not self.cfg.do_sample:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / max(self.cfg.temperature, 1e-5), dim=-1)
+        if self.cfg.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.cfg.top_p
+            sorted_p[drop] = 0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=self.gen)[:, 0]
+
+
+_LEAD = re.compile(r"^(?:(?:and|or|also|then|sure|yes|ok|okay|here)\b[,!]?\s*|[,;]\s*)+", re.IGNORECASE)
+_TRAIL = re.compile(r"(?:\s*\b(?:is|are|at|in|here)|\s*[:,])+$", re.IGNORECASE)
+
+
+def target_phrase(span_text: str) -> str:
+    """The words naming a target: the clause just before its codebook group, without fillers.
+
+    "Here they are: the rocket" -> "the rocket"; ", the tower" -> "the tower"; "The cat is" -> "The cat".
+    """
+    clause = re.split(r"[.:;!?](?:\s|$)", span_text.strip())[-1] if span_text.strip() else ""
+    clause = _TRAIL.sub("", _LEAD.sub("", clause.strip())).strip(" ,")
+    return clause or span_text.strip(" ,.:")
+
+
+def readable_answer(tokenizer: PixelLMTokenizer, ids: Sequence[int]) -> str:
+    seg = set(tokenizer.seg_token_ids)
+    text = tokenizer.decode([i for i in ids if i not in seg], skip_special_tokens=True)
+    return re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
+
+
+class _Collector:
+    """Turns a stream of (token, producing hidden state) into text and target events."""
+
+    def __init__(self, model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures) -> None:
+        self.model, self.tok, self.image = model, tokenizer, image
+        self.seg_ids = set(tokenizer.seg_token_ids)
+        self.ids: list[int] = []
+        self.seg_positions: list[int] = []
+        self.seg_hidden: list[torch.Tensor] = []
+        self.targets: list[Target] = []
+        self.text = ""
+
+    def add(self, token: int, hidden: torch.Tensor) -> list[TextEvent | TargetEvent]:
+        events: list[TextEvent | TargetEvent] = []
+        if token in self.seg_ids:
+            self.seg_positions.append(len(self.ids))
+            self.seg_hidden.append(hidden)
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        delta = text[len(self.text):] if text.startswith(self.text) else text
+        self.text = text
+        events.append(TextEvent(text, delta))
+        if token in self.seg_ids and len(self.seg_hidden) % CODEBOOK_SIZE == 0:
+            events.append(TargetEvent(self._decode_target()))
+        return events
+
+    def _decode_target(self) -> Target:
+        k = len(self.targets)
+        group = slice(k * CODEBOOK_SIZE, (k + 1) * CODEBOOK_SIZE)
+        start, end = self.seg_positions[group][0], self.seg_positions[group][-1] + 1
+        prev_end = self.targets[-1].token_span[1] if self.targets else 0
+        phrase = target_phrase(readable_answer(self.tok, self.ids[prev_end:start]))
+        prompts = self.model.codebook_embeddings(torch.stack(self.seg_hidden[group]))
+        logits = self.model.decode_masks(self.image, prompts)[0]
+        positive = logits > 0
+        score = float(logits.sigmoid()[positive].sum() / (positive.sum() + 1e-6))
+        target = Target(k, phrase, logits.float().cpu().numpy(), score, (start, end))
+        self.targets.append(target)
+        return target
+
+    def result(self, stop_reason: str, prompt_ids: list[int]) -> Generation:
+        hidden = torch.stack(self.seg_hidden) if self.seg_hidden else torch.zeros((0, self.model.config.hidden_size))
+        return Generation(self.ids, self.text, readable_answer(self.tok, self.ids), self.targets,
+                          len(self.seg_hidden) % CODEBOOK_SIZE, stop_reason, hidden, prompt_ids)
+
+
+@torch.no_grad()
+def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures, prefix: ImagePrefix,
+           question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
+           ) -> Generator[TextEvent | TargetEvent, None, Generation]:
+    """Yield text and target events while answering; return the Generation (StopIteration.value)."""
+    sampling = sampling or SamplingConfig()
+    _, tail = split_prompt(tokenizer, question, model.config.mm_use_im_start_end)
+    device, p = model.device, prefix.length
+    cache = prefix.cache.expand(1, p + len(tail) + sampling.max_new_tokens)
+    key_valid = torch.ones((1, cache.capacity), dtype=torch.bool, device=device)
+    key_valid[:, :p] = prefix.key_valid
+    tail_ids = torch.tensor([tail], device=device)
+    positions = torch.arange(p, p + len(tail), device=device)[None]
+    hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
+    sample = _Sampler(sampling, device)
+    collector = _Collector(model, tokenizer, image)
+    stop = "max_new_tokens"
+    for _ in range(sampling.max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            stop = "cancelled"
+            break
+        token = int(sample(model.logits(hidden))[0])
+        for event in collector.add(token, hidden[0]):
+            yield event
+        if token == tokenizer.eos_id:
+            stop = "eos"
+            break
+        if len(collector.ids) == sampling.max_new_tokens:
+            break
+        pos = cache.length
+        hidden = model.model(model.model.embed_tokens(torch.tensor([[token]], device=device)),
+                             torch.tensor([[pos]], device=device), key_valid[:, : pos + 1], cache)[:, -1]
+    return collector.result(stop, prefix.ids + tail)
+
+
+def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None) -> Generation:
+    """`stream` without the events."""
+    gen = stream(model, tokenizer, image, prefix, question, sampling, cancel)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+@torch.no_grad()
+def generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
+                   prefix: ImagePrefix, questions: Sequence[str], sampling: SamplingConfig | None = None,
+                   ) -> list[Generation]:
+    """Answer several questions on one image in one batch (greedy or sampled, no streaming).
+
+    Question tokens are left-padded after the shared image prefix; padding slots are masked as keys
+    and each row keeps its own contiguous positions, so every row sees what it would see alone.
+    """
+    sampling = sampling or SamplingConfig()
+    tails = [split_prompt(tokenizer, q, model.config.mm_use_im_start_end)[1] for q in questions]
+    b, p, s = len(tails), prefix.length, max(len(t) for t in tails)
+    device = model.device
+    cache = prefix.cache.expand(b, p + s + sampling.max_new_tokens)
+    key_valid = torch.ones((b, cache.capacity), dtype=torch.bool, device=device)
+    key_valid[:, :p] = prefix.key_valid
+    ids = torch.full((b, s), tokenizer.unk_id, device=device)
+    positions = torch.empty((b, s), dtype=torch.long, device=device)
+    for i, tail in enumerate(tails):
+        pad = s - len(tail)
+        ids[i, pad:] = torch.tensor(tail, device=device)
+        key_valid[i, p: p + pad] = False
+        positions[i] = torch.arange(p - pad, p + s - pad, device=device).clamp(min=p)
+    next_pos = torch.tensor([p + len(t) for t in tails], device=device)
+    hidden = model.model(model.model.embed_tokens(ids), positions, key_valid[:, : p + s], cache)[:, -1]
+    sample = _Sampler(sampling, device)
+    collectors = [_Collector(model, tokenizer, image) for _ in tails]
+    stops = ["max_new_tokens"] * b
+    active = [True] * b
+    for step in range(sampling.max_new_tokens):
+        tokens = sample(model.logits(hidden))
+        for i in range(b):
+            if active[i]:
+                collectors[i].add(int(tokens[i]), hidden[i])
+                if int(tokens[i]) == tokenizer.eos_id:
+                    active[i], stops[i] = False, "eos"
+        if not any(active) or step + 1 == sampling.max_new_tokens:
+            break
+        pos = cache.length
+        hidden = model.model(model.model.embed_tokens(tokens[:, None]), (next_pos + step)[:, None],
+                             key_valid[:, : pos + 1], cache)[:, -1]
+    return [c.result(stop, prefix.ids + t) for c, stop, t in zip(collectors, stops, tails)]
+
+
+@torch.no_grad()
+def generate_recompute(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, pixels: torch.Tensor,
+                       input_size, original_size, question: str, max_new_tokens: int = 512) -> Generation:
+    """The release's algorithm, for parity tests and benchmarks: for every new token, encode the image
+    again and run the whole sequence with no cache; codebook states come from the last step."""
+    head, tail = split_prompt(tokenizer, question, model.config.mm_use_im_start_end)
+    generated: list[int] = []
+    device = model.device
+    for _ in range(max_new_tokens):
+        image = model.encode_image(pixels, input_size, original_size)
+        ids = torch.tensor([head], device=device), torch.tensor([tail + generated], device=device)
+        embeds = torch.cat([model.model.embed_tokens(ids[0]), image.llm_tokens, model.model.embed_tokens(ids[1])], 1)
+        valid = torch.ones(embeds.shape[:2], dtype=torch.bool, device=device)
+        valid[:, len(head): len(head) + image.llm_tokens.shape[1]] = image.llm_valid
+        hidden = model.model(embeds, torch.arange(embeds.shape[1], device=device)[None], valid)[0]
+        token = int(model.logits(hidden[-1]).argmax())
+        generated.append(token)
+        if token == tokenizer.eos_id:
+            break
+    # The producing state of generated token j sits at sequence position offset + j - 1.
+    offset = len(head) + image.llm_tokens.shape[1] + len(tail)
+    collector = _Collector(model, tokenizer, image)
+    for j, token in enumerate(generated):
+        collector.add(token, hidden[offset + j - 1])
+    stop = "eos" if generated and generated[-1] == tokenizer.eos_id else "max_new_tokens"
+    return collector.result(stop, head + [IMAGE_TOKEN_INDEX] + tail)
