@@ -61,8 +61,11 @@ class Target:
 
 @dataclass
 class TextEvent:
-    text: str  # the whole decoded answer so far
-    delta: str  # what it added (may be empty when a piece only completes later)
+    """One generated token. `text` only grows: codebook and special tokens add nothing to it."""
+
+    token_id: int
+    text: str  # readable answer so far
+    delta: str  # what this token added
 
 
 @dataclass
@@ -175,10 +178,11 @@ class _Collector:
             self.seg_positions.append(len(self.ids))
             self.seg_hidden.append(hidden)
         self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        delta = text[len(self.text):] if text.startswith(self.text) else text
-        self.text = text
-        events.append(TextEvent(text, delta))
+        delta = self.tok.stream_piece(token)
+        if not self.text:
+            delta = delta.lstrip()
+        self.text += delta
+        events.append(TextEvent(token, self.text, delta))
         if token in self.seg_ids and len(self.seg_hidden) % CODEBOOK_SIZE == 0:
             events.append(TargetEvent(self._decode_target()))
         return events
@@ -199,7 +203,7 @@ class _Collector:
 
     def result(self, stop_reason: str, prompt_ids: list[int]) -> Generation:
         hidden = torch.stack(self.seg_hidden) if self.seg_hidden else torch.zeros((0, self.model.config.hidden_size))
-        return Generation(self.ids, self.text, readable_answer(self.tok, self.ids), self.targets,
+        return Generation(self.ids, self.tok.decode(self.ids), readable_answer(self.tok, self.ids), self.targets,
                           len(self.seg_hidden) % CODEBOOK_SIZE, stop_reason, hidden, prompt_ids)
 
 

@@ -1,0 +1,259 @@
+"""Inference engine: load PixelLM once, pay for each image once, answer many questions on it.
+
+Like segment-anything's predictor: ``set_image`` encodes a frame (CLIP, projectors, neck, and the KV
+cache of the prompt up to the image); ``ask`` / ``stream`` / ``ask_many`` reuse all of it. Pure
+Python + torch: the ROS node, the chat CLI and the benchmarks all sit on top of this class.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Generator, Sequence
+
+import numpy as np
+import torch
+
+from .model import (Generation, ImageFeatures, ImagePrefix, SamplingConfig, Target, TargetEvent, TextEvent,
+                    generate_batch, load_pixellm, prefill_image, preprocess_image, stream)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    """Everything that decides how the engine runs; the node fills it from its parameters."""
+
+    model_path: str
+    vision_tower: str | None = None  # folder of the CLIP tower; None = from the model's config.json
+    device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
+    dtype: str = "auto"  # "float32", "bfloat16", "float16" or "auto" (fp32 on CPU, bf16/fp16 on CUDA)
+    quantization: str = "none"  # "none", "8bit", "4bit" (bitsandbytes, CUDA only)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_question_chars: int = 2000
+    max_image_pixels: int = 8192 * 8192
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+
+@dataclass
+class Timings:
+    """Seconds per stage of one answer. Image stages are 0 when the frame was already encoded."""
+
+    preprocess: float = 0.0
+    encode_image: float = 0.0
+    prefill_image: float = 0.0
+    generate: float = 0.0  # question prefill + decode + mask decoding
+    first_token: float = 0.0  # from ask() until the first answer token
+    first_mask: float = 0.0  # from ask() until the first target's mask (0 = no target)
+    total: float = 0.0
+
+
+@dataclass
+class Result:
+    question: str
+    answer: str  # readable answer: codebook tokens and </s> removed
+    raw_text: str  # decoded ids with special tokens, as the release prints them
+    token_ids: list[int]
+    targets: list[Target]
+    incomplete_codebook_tokens: int
+    stop_reason: str
+    image_size: tuple[int, int]  # (H, W) of the image the masks refer to
+    image_cached: bool  # the image features were reused from an earlier question
+    timings: Timings
+
+    def label_image(self) -> np.ndarray:
+        """(H, W) uint8: 0 background, k for target k (1-based); later targets win overlaps."""
+        label = np.zeros(self.image_size, dtype=np.uint8)
+        for t in self.targets:
+            label[t.mask] = min(t.index + 1, 255)
+        return label
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use device 'cpu' or 'auto'")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(table)} or 'auto'")
+    return table[dtype]
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        t0 = time.perf_counter()
+        self.model, self.tokenizer = load_pixellm(config.model_path, config.vision_tower, self.device, self.dtype)
+        if config.quantization != "none":
+            from .model.quantize import quantize_llm
+            quantize_llm(self.model, config.quantization)
+        self.load_seconds = time.perf_counter() - t0
+        self.model_id = Path(config.model_path).resolve().name
+        self._lock = threading.RLock()
+        self._image_key: str | None = None
+        self._image: ImageFeatures | None = None
+        self._prefix: ImagePrefix | None = None
+        self._image_timings = Timings()
+        log.info("engine ready: %s on %s/%s in %.1f s", self.model_id, self.device, self.dtype, self.load_seconds)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto", **kwargs) -> "Engine":
+        return cls(EngineConfig(model_path=str(path), device=device, dtype=dtype, **kwargs))
+
+    # ---------------------------------------------------------------------------------- image
+    def set_image(self, rgb: np.ndarray, image_key: str | None = None) -> bool:
+        """Encode an (H, W, 3) uint8 RGB frame unless it is the one already encoded.
+
+        `image_key` identifies the frame (e.g. camera + stamp); without it the pixels are hashed.
+        Returns True when the cached features were reused.
+        """
+        self._check_image(rgb)
+        key = image_key if image_key is not None else _pixel_hash(rgb)
+        with self._lock:
+            if key == self._image_key and self._image is not None:
+                return True
+            self._image_key = self._image = self._prefix = None
+            t0 = time.perf_counter()
+            processed = preprocess_image(rgb, self.model.config.resize_vision_tower_size)
+            t1 = time.perf_counter()
+            image = self.model.encode_image(processed.pixels.to(self.device), processed.input_size,
+                                            processed.original_size)
+            self._sync()
+            t2 = time.perf_counter()
+            prefix = prefill_image(self.model, self.tokenizer, image)
+            self._sync()
+            t3 = time.perf_counter()
+            self._image, self._prefix, self._image_key = image, prefix, key
+            self._image_timings = Timings(preprocess=t1 - t0, encode_image=t2 - t1, prefill_image=t3 - t2)
+            return False
+
+    def _check_image(self, rgb: np.ndarray) -> None:
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got "
+                             f"{getattr(rgb, 'shape', type(rgb))} {getattr(rgb, 'dtype', '')}")
+        h, w = rgb.shape[:2]
+        if h < 1 or w < 1:
+            raise ValueError(f"empty image {h}x{w}")
+        if h * w > self.config.max_image_pixels:
+            raise ValueError(f"image {w}x{h} exceeds the limit of {self.config.max_image_pixels} pixels")
+
+    # ------------------------------------------------------------------------------ questions
+    def _check_question(self, question: str) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty")
+        if len(question) > self.config.max_question_chars:
+            raise ValueError(f"the question has {len(question)} characters; the limit is "
+                             f"{self.config.max_question_chars}")
+        return question.strip()
+
+    def stream(self, question: str, sampling: SamplingConfig | None = None,
+               cancel: threading.Event | None = None) -> Generator[TextEvent | TargetEvent, None, Result]:
+        """Yield text pieces and each target as soon as its mask is decoded; return the Result."""
+        question = self._check_question(question)
+        with self._lock:
+            if self._image is None or self._prefix is None:
+                raise RuntimeError("no image set: call set_image() first")
+            image, prefix = self._image, self._prefix
+            image_timings, self._image_timings = self._image_timings, Timings()
+            t0 = time.perf_counter()
+            first_token = first_mask = 0.0
+            gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel)
+            while True:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    generation: Generation = stop.value
+                    break
+                now = time.perf_counter() - t0
+                if isinstance(event, TextEvent) and not first_token:
+                    first_token = now
+                if isinstance(event, TargetEvent) and not first_mask:
+                    first_mask = now
+                yield event
+            self._sync()
+            elapsed = time.perf_counter() - t0
+            image_s = image_timings.preprocess + image_timings.encode_image + image_timings.prefill_image
+            timings = replace(image_timings, generate=elapsed, first_token=first_token + image_s,
+                              first_mask=(first_mask + image_s) if first_mask else 0.0, total=elapsed + image_s)
+            return self._result(question, generation, image, timings, cached=image_s == 0)
+
+    def ask(self, question: str, sampling: SamplingConfig | None = None,
+            cancel: threading.Event | None = None) -> Result:
+        gen = self.stream(question, sampling, cancel)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def ask_many(self, questions: Sequence[str], sampling: SamplingConfig | None = None) -> list[Result]:
+        """Answer several questions on the current image in one batch."""
+        questions = [self._check_question(q) for q in questions]
+        with self._lock:
+            if self._image is None or self._prefix is None:
+                raise RuntimeError("no image set: call set_image() first")
+            image_timings, self._image_timings = self._image_timings, Timings()
+            t0 = time.perf_counter()
+            gens = generate_batch(self.model, self.tokenizer, self._image, self._prefix, questions,
+                                  sampling or self.config.sampling)
+            self._sync()
+            elapsed = time.perf_counter() - t0
+            image_s = image_timings.preprocess + image_timings.encode_image + image_timings.prefill_image
+            timings = replace(image_timings, generate=elapsed, total=elapsed + image_s)
+            return [self._result(q, g, self._image, timings, cached=image_s == 0) for q, g in zip(questions, gens)]
+
+    def _result(self, question: str, g: Generation, image: ImageFeatures, timings: Timings, cached: bool) -> Result:
+        return Result(question=question, answer=g.answer, raw_text=g.raw_text, token_ids=g.token_ids,
+                      targets=g.targets, incomplete_codebook_tokens=g.incomplete_codebook_tokens,
+                      stop_reason=g.stop_reason, image_size=image.original_size, image_cached=cached,
+                      timings=timings)
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def memory_bytes(self) -> int:
+        """Device memory held by torch on the engine's device (0 on CPU, where it is not tracked)."""
+        return torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+
+    def close(self) -> None:
+        """Drop the model and caches and return device memory."""
+        with self._lock:
+            self._image = self._prefix = self._image_key = None
+            self.model = self.tokenizer = None  # type: ignore[assignment]
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pixel_hash(rgb: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
