@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Generator, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    # (generated ids so far, logits (V,)) -> logits: constrained decoding, banned tokens, scripted runs
+    logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -127,8 +129,10 @@ class _Sampler:
             self.gen = torch.Generator(device=device)
             self.gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits: (B, V) -> (B,) token ids."""
+    def __call__(self, logits: torch.Tensor, generated: Sequence[list[int]]) -> torch.Tensor:
+        """logits: (B, V); generated: ids so far per row -> (B,) token ids."""
+        if self.cfg.logits_processor is not None:
+            logits = torch.stack([self.cfg.logits_processor(ids, row) for ids, row in zip(generated, logits)])
         if not self.cfg.do_sample:
             return logits.argmax(dim=-1)
         probs = torch.softmax(logits.float() / max(self.cfg.temperature, 1e-5), dim=-1)
@@ -228,7 +232,7 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
         if cancel is not None and cancel.is_set():
             stop = "cancelled"
             break
-        token = int(sample(model.logits(hidden))[0])
+        token = int(sample(model.logits(hidden), [collector.ids])[0])
         for event in collector.add(token, hidden[0]):
             yield event
         if token == tokenizer.eos_id:
@@ -282,7 +286,7 @@ def generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image
     stops = ["max_new_tokens"] * b
     active = [True] * b
     for step in range(sampling.max_new_tokens):
-        tokens = sample(model.logits(hidden))
+        tokens = sample(model.logits(hidden), [c.ids for c in collectors])
         for i in range(b):
             if active[i]:
                 collectors[i].add(int(tokens[i]), hidden[i])
@@ -298,20 +302,23 @@ def generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image
 
 @torch.no_grad()
 def generate_recompute(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, pixels: torch.Tensor,
-                       input_size, original_size, question: str, max_new_tokens: int = 512) -> Generation:
+                       input_size, original_size, question: str, sampling: SamplingConfig | None = None,
+                       ) -> Generation:
     """The release's algorithm, for parity tests and benchmarks: for every new token, encode the image
     again and run the whole sequence with no cache; codebook states come from the last step."""
+    sampling = sampling or SamplingConfig()
+    sample = _Sampler(sampling, model.device)
     head, tail = split_prompt(tokenizer, question, model.config.mm_use_im_start_end)
     generated: list[int] = []
     device = model.device
-    for _ in range(max_new_tokens):
+    for _ in range(sampling.max_new_tokens):
         image = model.encode_image(pixels, input_size, original_size)
         ids = torch.tensor([head], device=device), torch.tensor([tail + generated], device=device)
         embeds = torch.cat([model.model.embed_tokens(ids[0]), image.llm_tokens, model.model.embed_tokens(ids[1])], 1)
         valid = torch.ones(embeds.shape[:2], dtype=torch.bool, device=device)
         valid[:, len(head): len(head) + image.llm_tokens.shape[1]] = image.llm_valid
         hidden = model.model(embeds, torch.arange(embeds.shape[1], device=device)[None], valid)[0]
-        token = int(model.logits(hidden[-1]).argmax())
+        token = int(sample(model.logits(hidden[-1:]), [generated])[0])
         generated.append(token)
         if token == tokenizer.eos_id:
             break
