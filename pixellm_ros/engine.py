@@ -135,8 +135,9 @@ class Engine:
             t0 = time.perf_counter()
             processed = preprocess_image(rgb, self.model.config.resize_vision_tower_size)
             t1 = time.perf_counter()
-            image = self.model.encode_image(processed.pixels.to(self.device), processed.input_size,
-                                            processed.original_size)
+            with torch.no_grad():
+                image = self.model.encode_image(processed.pixels.to(self.device), processed.input_size,
+                                                processed.original_size)
             self._sync()
             t2 = time.perf_counter()
             prefix = prefill_image(self.model, self.tokenizer, image)

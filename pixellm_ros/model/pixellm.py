@@ -94,14 +94,17 @@ class PixelLMForCausalLM(nn.Module):
         return self.lm_head.weight.dtype
 
     # ----------------------------------------------------------------------------------- image
-    @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor, input_size: tuple[int, int],
-                     original_size: tuple[int, int]) -> ImageFeatures:
-        """pixels: (1, 3, S, S) normalised and zero-padded; input_size: unpadded (h, w) inside S x S."""
-        side = pixels.shape[-1]
+    def encode_images(self, pixels: torch.Tensor, input_sizes: list[tuple[int, int]],
+                      original_sizes: list[tuple[int, int]]) -> list[ImageFeatures]:
+        """pixels: (B, 3, S, S) normalised and zero-padded; input_sizes: unpadded (h, w) of each image.
+
+        Differentiable (training runs through it); inference callers wrap it in no_grad.
+        """
+        b, side = pixels.shape[0], pixels.shape[-1]
         grid = self.config.vision_grid
-        pixel_valid = torch.zeros((1, 1, side, side), device=pixels.device)
-        pixel_valid[..., : input_size[0], : input_size[1]] = 1
+        pixel_valid = torch.zeros((b, 1, side, side), device=pixels.device)
+        for i, (h, w) in enumerate(input_sizes):
+            pixel_valid[i, :, :h, :w] = 1
         patch_valid = F.interpolate(pixel_valid, size=(grid, grid), mode="nearest")
         llm_valid = F.interpolate(patch_valid, size=(LLM_IMAGE_GRID, LLM_IMAGE_GRID), mode="nearest")
         tower = self.vision_tower
@@ -110,14 +113,20 @@ class PixelLMForCausalLM(nn.Module):
         feats, deep_feats = feats.to(self.dtype), deep_feats.to(self.dtype)
         m = self.model
         c = feats.shape[-1]
-        llm_grid = F.interpolate(feats.transpose(1, 2).reshape(1, c, grid, grid).float(),
+        llm_grid = F.interpolate(feats.transpose(1, 2).reshape(b, c, grid, grid).float(),
                                  size=(LLM_IMAGE_GRID, LLM_IMAGE_GRID), mode="bilinear", align_corners=False)
-        llm_tokens = m.mm_projector(llm_grid.to(self.dtype).flatten(2).transpose(1, 2))
-        per_scale = m.out_mm_projector(torch.cat([feats, deep_feats], dim=0))  # (2, g*g, H)
-        per_scale = per_scale.transpose(1, 2).reshape(FEATURE_SCALES, -1, grid, grid)
-        return ImageFeatures(llm_tokens=llm_tokens, llm_valid=llm_valid.flatten(1).bool(),
-                             mask_features=m.image_feature_neck(per_scale),
-                             input_size=tuple(input_size), original_size=tuple(original_size))
+        llm_tokens = m.mm_projector(llm_grid.to(self.dtype).flatten(2).transpose(1, 2))  # (B, 256, H)
+        per_scale = m.out_mm_projector(torch.stack([feats, deep_feats], dim=1))  # (B, 2, g*g, H)
+        per_scale = per_scale.transpose(2, 3).reshape(b * FEATURE_SCALES, -1, grid, grid)
+        neck = m.image_feature_neck(per_scale).view(b, FEATURE_SCALES, -1, grid, grid)
+        return [ImageFeatures(llm_tokens=llm_tokens[i: i + 1], llm_valid=llm_valid[i: i + 1].flatten(1).bool(),
+                              mask_features=neck[i], input_size=tuple(input_sizes[i]),
+                              original_size=tuple(original_sizes[i])) for i in range(b)]
+
+    def encode_image(self, pixels: torch.Tensor, input_size: tuple[int, int],
+                     original_size: tuple[int, int]) -> ImageFeatures:
+        """One image: pixels (1, 3, S, S)."""
+        return self.encode_images(pixels, [input_size], [original_size])[0]
 
     # ------------------------------------------------------------------------------------ text
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -130,7 +139,6 @@ class PixelLMForCausalLM(nn.Module):
         return CODEBOOK_FUSION_WEIGHT * emb.sum(dim=2)
 
     # ----------------------------------------------------------------------------------- masks
-    @torch.no_grad()
     def decode_masks(self, image: ImageFeatures, prompts: torch.Tensor) -> torch.Tensor:
         """prompts: (N, scales, 256) fused codebook embeddings -> mask logits (N, H, W) at original size."""
         if prompts.shape[0] == 0:
