@@ -108,6 +108,8 @@ class Engine:
             quantize_llm(self.model, config.quantization)
         self.load_seconds = time.perf_counter() - t0
         self.model_id = Path(config.model_path).resolve().name
+        self.adapter_id = ""
+        self._adapter_config: dict | None = None
         self._lock = threading.RLock()
         self._image_key: str | None = None
         self._image: ImageFeatures | None = None
@@ -131,7 +133,7 @@ class Engine:
         with self._lock:
             if key == self._image_key and self._image is not None:
                 return True
-            self._image_key = self._image = self._prefix = None
+            self._drop_image()
             t0 = time.perf_counter()
             processed = preprocess_image(rgb, self.model.config.resize_vision_tower_size)
             t1 = time.perf_counter()
@@ -228,6 +230,42 @@ class Engine:
                       stop_reason=g.stop_reason, image_size=image.original_size, image_cached=cached,
                       timings=timings)
 
+    # ------------------------------------------------------------------------------- adapters
+    def load_adapter(self, folder: str | Path) -> str:
+        """Apply a LoRA adapter made by training/ (replacing the active one). Returns its id.
+
+        On failure the engine is left with no adapter (the base model), never half-applied.
+        """
+        from .model.adapters import apply_adapter
+        folder = Path(folder)
+        with self._lock:
+            self.unload_adapter()
+            self._drop_image()
+            try:
+                self._adapter_config = apply_adapter(self.model, folder)
+            except Exception:
+                self.unload_adapter()
+                raise
+            self.adapter_id = folder.name
+            log.info("adapter %s applied", self.adapter_id)
+            return self.adapter_id
+
+    def unload_adapter(self) -> None:
+        """Back to the base model: LoRA layers removed, trained modules reloaded from the base folder."""
+        from .model.adapters import lora_layers, remove_adapter
+        with self._lock:
+            if self._adapter_config is None and not lora_layers(self.model):
+                return
+            saved = (self._adapter_config or {}).get("saved_modules", [])
+            remove_adapter(self.model, self.config.model_path, saved)
+            self.model.to(self.device, self.dtype)
+            self._adapter_config, self.adapter_id = None, ""
+            self._drop_image()
+
+    def _drop_image(self) -> None:
+        """Cached prefixes depend on the LLM weights: forget them when the weights change."""
+        self._image_key = self._image = self._prefix = None
+
     # ------------------------------------------------------------------------------ lifecycle
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -240,7 +278,7 @@ class Engine:
     def close(self) -> None:
         """Drop the model and caches and return device memory."""
         with self._lock:
-            self._image = self._prefix = self._image_key = None
+            self._drop_image()
             self.model = self.tokenizer = None  # type: ignore[assignment]
         gc.collect()
         if self.device.type == "cuda":

@@ -1,0 +1,166 @@
+"""The trainer on a tiny model: it learns, resumes after SIGKILL, keeps checkpoints valid, runs DDP,
+and exports something the engine loads with identical outputs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pixellm_ros.engine import Engine
+from training.config import TrainConfig
+from training.data.synthetic import synthetic_sample
+from training.init_model import init_model
+from training.losses import dice_per_mask, overlap_per_mask
+from training.train import latest_checkpoint, save_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    return init_model("tiny", tmp_path_factory.mktemp("base") / "model", seed=0)
+
+
+def config(base: Path, out: Path, **kw) -> dict:
+    cfg = dict(base_model=str(base), output_dir=str(out), steps=4, batch_size=2, grad_accum=1, lr=3e-3,
+               warmup_steps=1, trainable=["all"], train_vision_tower=True, lora={"enabled": False},
+               save_every=0, log_every=1, export_dtype="float32", num_threads=1,
+               data={"sources": [{"kind": "synthetic", "seed": 3}]})
+    cfg.update(kw)
+    return cfg
+
+
+def metrics(out: Path) -> list[dict]:
+    return list(csv.DictReader((out / "metrics.csv").open()))
+
+
+def run_cli(cfg: dict, tmp: Path, *args: str, launcher: list[str] | None = None) -> subprocess.Popen:
+    path = tmp / f"cfg_{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = (launcher or [sys.executable]) + ["-m", "training.train", str(path), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_losses_behave():
+    target = torch.zeros(2, 8, 8)
+    target[0, :4] = 1
+    target[1, 2:6] = 1
+    perfect = (target * 40 - 20)
+    assert dice_per_mask(perfect, target).max() < 1e-3
+    assert dice_per_mask(-perfect, target).min() > 0.99
+    assert overlap_per_mask(perfect[:1], target[:1]).item() == 0.0  # one target: nothing to refine
+    both = torch.full((2, 8, 8), 5.0)  # two predictions claiming every pixel
+    assert (overlap_per_mask(both, target) > 0).all()
+
+
+def test_unknown_config_key_is_an_error():
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+def test_few_steps_learn_a_single_sample(base_model, tmp_path):
+    """Overfitting one sample: the loss falls and the answer is learned token for token."""
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict(config(base_model, out, steps=60, lr=5e-3, log_every=5,
+                                       data={"sources": [{"kind": "synthetic", "seed": 3, "size": 1}]}))
+    train(cfg)
+    rows = metrics(out)
+    assert float(rows[-1]["ce"]) < 0.3 * float(rows[0]["ce"])
+    assert float(rows[-1]["bce"]) < float(rows[0]["bce"])
+    sample = synthetic_sample(3, 0)
+    engine = Engine.from_pretrained(out / "model", device="cpu")
+    engine.set_image(sample.image)
+    result = engine.ask(sample.question)
+    expected = sample.answer.replace(" {seg}", "")
+    assert result.answer == expected
+
+
+def test_resume_after_sigkill_continues_the_same_curve(base_model, tmp_path):
+    straight = tmp_path / "straight"
+    train(TrainConfig.from_dict(config(base_model, straight, steps=8, save_every=2)))
+    killed = tmp_path / "killed"
+    proc = run_cli(config(base_model, killed, steps=8, save_every=2), tmp_path)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(killed) is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = latest_checkpoint(killed)
+    assert ckpt is not None, "no checkpoint was written before the kill"
+    resumed = run_cli(config(base_model, killed, steps=8, save_every=2), tmp_path, "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    a, b = metrics(straight), metrics(killed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6), (ra, rb)
+
+
+def test_checkpoint_interrupted_mid_write_leaves_previous_valid(base_model, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(TrainConfig.from_dict(config(base_model, out, steps=2, save_every=2)))
+    good = latest_checkpoint(out)
+    assert good is not None and good.name == "step_0000002"
+    from accelerate import Accelerator
+
+    def crash(self, path, *a, **k):
+        Path(path, "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(Accelerator, "save_state", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(Accelerator(), out, 4, 99, keep=2)
+    assert latest_checkpoint(out) == good
+    state = json.loads((good / "trainer_state.json").read_text())
+    assert state == {"step": 2, "position": 4}
+
+
+def test_two_process_ddp_matches_one_process(base_model, tmp_path):
+    """Same global batch (1 process x 2 samples vs 2 processes x 1 sample): same loss curve."""
+    single = tmp_path / "single"
+    train(TrainConfig.from_dict(config(base_model, single, steps=3, batch_size=2)))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "training/accelerate/ddp_cpu.yaml")]
+    ddp = run_cli(config(base_model, tmp_path / "ddp", steps=3, batch_size=1), tmp_path, launcher=launcher)
+    output = ddp.communicate(timeout=600)[0]
+    assert ddp.returncode == 0, output
+    for ra, rb in zip(metrics(single), metrics(tmp_path / "ddp")):
+        # CE is a mean over each process's tokens, so per-process means differ slightly from the global one.
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=0.02), (ra, rb)
+
+
+def test_lora_adapter_export_matches_merged_model(base_model, tmp_path):
+    out = tmp_path / "lora"
+    cfg = config(base_model, out, steps=3, lr=1e-2, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+                 trainable=["model.mask_decoder", "model.text_hidden_fcs"], train_vision_tower=False)
+    result = train(TrainConfig.from_dict(cfg))
+    adapter, merged = Path(result["adapter"]), Path(result["model"])
+    sample = synthetic_sample(5, 1)
+    engine = Engine.from_pretrained(base_model, device="cpu")
+    engine.set_image(sample.image)
+    base_answer = engine.ask(sample.question)
+    engine.load_adapter(adapter)
+    assert engine.adapter_id == "adapter"
+    engine.set_image(sample.image)
+    with_adapter = engine.ask(sample.question)
+    reference = Engine.from_pretrained(merged, device="cpu")
+    reference.set_image(sample.image)
+    expected = reference.ask(sample.question)
+    assert with_adapter.token_ids == expected.token_ids
+    for t, e in zip(with_adapter.targets, expected.targets):
+        np.testing.assert_allclose(t.logits, e.logits, atol=1e-4)
+    engine.unload_adapter()
+    engine.set_image(sample.image)
+    back = engine.ask(sample.question)
+    assert back.token_ids == base_answer.token_ids

@@ -1,0 +1,131 @@
+"""Turn samples into model inputs, mix sources by ratio, and batch them.
+
+The stream is indexed: sample i of the mixture is a pure function of (seed, i), so a resumed run
+continues with exactly the samples an uninterrupted run would have seen, and process r of W takes
+samples r, r + W, r + 2W, ...
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pixellm_ros.model.config import CODEBOOK_SIZE
+from pixellm_ros.model.generation import split_prompt
+from pixellm_ros.model.processing import preprocess_image
+from pixellm_ros.model.tokenizer import SEG_TOKENS, PixelLMTokenizer
+
+from ..config import DataConfig, SourceConfig
+from .sample import SEG_PLACEHOLDER, DataError, Sample
+from .synthetic import SyntheticConfig, synthetic_sample
+
+log = logging.getLogger(__name__)
+SEG_TEXT = " ".join(SEG_TOKENS)
+
+
+@dataclass
+class Encoded:
+    """One sample as the model consumes it."""
+
+    pixels: torch.Tensor  # (3, S, S)
+    input_size: tuple[int, int]
+    original_size: tuple[int, int]
+    head_ids: list[int]  # prompt before the image (with BOS)
+    tail_ids: list[int]  # prompt after the image, ending with "ASSISTANT:"
+    answer_ids: list[int]  # answer with codebook tokens, then EOS
+    masks: torch.Tensor  # (N, H, W) float {0, 1}
+    source: str
+
+
+def answer_with_codebook(answer: str) -> str:
+    return answer.replace(SEG_PLACEHOLDER, SEG_TEXT)
+
+
+def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, cfg: DataConfig) -> Encoded:
+    sample.validate()
+    head, tail = split_prompt(tokenizer, sample.question)
+    answer = tokenizer.encode(answer_with_codebook(sample.answer), add_bos=False) + [tokenizer.eos_id]
+    if len(tail) > cfg.max_question_tokens + 8:
+        raise DataError(f"{sample.source}: question is {len(tail)} tokens (limit {cfg.max_question_tokens})")
+    if len(answer) > cfg.max_answer_tokens:
+        raise DataError(f"{sample.source}: answer is {len(answer)} tokens (limit {cfg.max_answer_tokens})")
+    seg = set(tokenizer.seg_token_ids)
+    if sum(i in seg for i in answer) != CODEBOOK_SIZE * len(sample.masks):
+        raise DataError(f"{sample.source}: answer does not tokenize to {len(sample.masks)} codebook groups")
+    p = preprocess_image(sample.image, image_size)
+    return Encoded(p.pixels[0], p.input_size, p.original_size, head, tail, answer,
+                   torch.from_numpy(sample.masks.astype(np.float32)), sample.source)
+
+
+def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
+    """(index -> Sample, length or None for an endless stream)."""
+    if src.kind == "synthetic":
+        cfg = SyntheticConfig(style=src.style, **({"kinds": tuple(src.kinds)} if src.kinds else {}))
+        if src.size:
+            return (lambda i: synthetic_sample(src.seed, i % src.size, cfg)), src.size
+        return (lambda i: synthetic_sample(src.seed, i, cfg)), None
+    if src.kind == "muse":
+        from .muse import MuseDataset
+        ds = MuseDataset(src.path, src.image_root)
+    elif src.kind == "labelme":
+        from .labelme import LabelmeDataset
+        ds = LabelmeDataset(src.path)
+    elif src.kind == "coco":
+        from .labelme import CocoDataset
+        ds = CocoDataset(src.path, src.image_root)
+    else:
+        raise ValueError(f"unknown data source kind {src.kind!r}")
+    return ds.__getitem__, len(ds)
+
+
+class MixtureStream:
+    """Sample i of the mixture: a source chosen by ratio from (seed, i), then that source's next item."""
+
+    def __init__(self, cfg: DataConfig, tokenizer: PixelLMTokenizer, image_size: int, seed: int) -> None:
+        self.cfg, self.tokenizer, self.image_size, self.seed = cfg, tokenizer, image_size, seed
+        self.readers = [source_reader(s) for s in cfg.sources]
+        ratios = np.array([s.ratio for s in cfg.sources], float)
+        if (ratios <= 0).any():
+            raise ValueError("every data source needs a ratio > 0")
+        self.cum = np.cumsum(ratios / ratios.sum())
+        self.skipped: list[str] = []
+
+    def _pick(self, i: int) -> tuple[int, int]:
+        u = np.random.default_rng([self.seed, i, 7]).random()
+        k = int(np.searchsorted(self.cum, u, side="right").clip(max=len(self.cum) - 1))
+        reader, length = self.readers[k]
+        j = i if length is None else int(np.random.default_rng([self.seed, i, 11]).integers(length))
+        return k, j
+
+    def __getitem__(self, i: int) -> Encoded:
+        for attempt in range(100):
+            k, j = self._pick(i if attempt == 0 else i * 1000 + attempt)
+            try:
+                return encode_sample(self.readers[k][0](j), self.tokenizer, self.image_size, self.cfg)
+            except DataError as e:
+                if self.cfg.on_bad_record == "stop":
+                    raise
+                log.warning("skipping bad record: %s", e)
+                self.skipped.append(str(e))
+        raise DataError(f"100 bad records in a row around sample {i}: check the data sources")
+
+
+def collate(items: Sequence[Encoded]) -> dict:
+    return {"pixels": torch.stack([it.pixels for it in items]), "items": list(items)}
+
+
+class IndexedBatches:
+    """Batches for process `rank` of `world`, starting at global sample `start` (for resume)."""
+
+    def __init__(self, stream: MixtureStream, batch_size: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.stream, self.batch_size, self.rank, self.world, self.position = stream, batch_size, rank, world, start
+
+    def next_batch(self) -> dict:
+        """The next `batch_size` samples of this process; advances the global position by batch*world."""
+        base = self.position
+        idx = [base + k * self.world + self.rank for k in range(self.batch_size)]
+        self.position += self.batch_size * self.world
+        return collate([self.stream[i] for i in idx])

@@ -1,0 +1,65 @@
+"""Export a run: the adapter (for the node's ~/load_adapter) and/or a merged hf_model folder.
+
+    python -m training.export --base DIR --adapter DIR --out DIR [--dtype bfloat16]
+
+merges an adapter into its base model and saves a self-contained safetensors folder the engine loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from pixellm_ros.model import load_pixellm, save_pixellm
+from pixellm_ros.model.adapters import apply_adapter, lora_layers, save_adapter
+
+from .config import TrainConfig
+from .modeling import merge_lora
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def saved_modules(cfg: TrainConfig) -> list[str]:
+    return [m for m in cfg.trainable if m != "all"]
+
+
+def export_run(training_model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
+    """Called at the end of training. Writes out/adapter (LoRA runs) and out/model (merged)."""
+    model = training_model.pixellm
+    model.attach_vision_tower(training_model.vision_tower)
+    written = {}
+    if lora_layers(model):
+        save_adapter(model, out / "adapter", saved_modules(cfg), {"r": cfg.lora.r, "alpha": cfg.lora.alpha,
+                     "dropout": cfg.lora.dropout}, base_model=str(cfg.base_model))
+        written["adapter"] = str(out / "adapter")
+        merge_lora(model)
+    model = model.to(DTYPES[cfg.export_dtype])
+    save_pixellm(model.eval(), tokenizer, out / "model")
+    model.float()
+    written["model"] = str(out / "model")
+    return written
+
+
+def merge_adapter(base: str, adapter: str, out: str, dtype: str = "bfloat16") -> Path:
+    model, tokenizer = load_pixellm(base)
+    apply_adapter(model, adapter)
+    merge_lora(model)
+    return save_pixellm(model.to(DTYPES[dtype]), tokenizer, out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    args = ap.parse_args(argv)
+    path = merge_adapter(args.base, args.adapter, args.out, args.dtype)
+    print(json.dumps({"model": str(path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

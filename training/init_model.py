@@ -1,0 +1,53 @@
+"""Create a new PixelLM-structured model folder with random weights, to train from scratch.
+
+    python -m training.init_model --preset embedded --out runs/embedded/init
+
+Where no pretrained CLIP / LLaMA weights can be had, the project trains its own small model: a
+SentencePiece BPE tokenizer (LLaMA layout: unk 0, bos 1, eos 2, byte fallback) trained on the
+domain's text plus the codebook tokens, a small LLaMA and a small CLIP tower. Same module tree and
+code paths as PixelLM-7B.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pixellm_ros.model import save_pixellm
+from pixellm_ros.model.config import VisionConfig
+from pixellm_ros.model.factory import TINY_LLM, TINY_VISION, default_corpus, make_config, random_model, train_tokenizer
+
+from .data.synthetic import domain_text
+
+PRESETS = {
+    # ~14M parameters (9M of them the release's fixed-width pixel decoder); 224 px input
+    "embedded": dict(llm=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4),
+                     vision=VisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=12,
+                                         num_attention_heads=4),
+                     image_size=224, vocab=800),
+    "tiny": dict(llm=TINY_LLM, vision=TINY_VISION, image_size=224, vocab=300),
+}
+
+
+def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
+    p = PRESETS[preset]
+    tokenizer = train_tokenizer(domain_text() + default_corpus(), vocab_size=p["vocab"])
+    config = make_config(tokenizer, p["vision"], **p["llm"])
+    config.resize_vision_tower_size = p["image_size"]
+    model = random_model(config, seed)
+    return save_pixellm(model, tokenizer, out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="embedded", choices=sorted(PRESETS))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    path = init_model(args.preset, args.out, args.seed)
+    print(json.dumps({"model": str(path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

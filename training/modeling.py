@@ -1,0 +1,123 @@
+"""The training forward pass (teacher forcing), LoRA, and which parameters train.
+
+`TrainingModel.forward(batch)` returns the loss terms; it is an nn.Module forward so DDP / FSDP /
+DeepSpeed (through accelerate) see every trainable parameter, the vision tower included when it trains.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixellm_ros.model import PixelLMForCausalLM
+
+from .config import LoraConfig, LossConfig, TrainConfig
+from .losses import bce_per_mask, dice_per_mask, overlap_per_mask
+
+
+class TrainingModel(nn.Module):
+    def __init__(self, model: PixelLMForCausalLM, loss: LossConfig) -> None:
+        super().__init__()
+        self.pixellm = model
+        self.vision_tower = model.vision_tower  # registered here so optimizers and DDP see it
+        self.loss_cfg = loss
+
+    def forward(self, pixels: torch.Tensor, items: list, seg_ids: list[int]) -> dict[str, torch.Tensor]:
+        m = self.pixellm
+        device = m.device
+        feats = m.encode_images(pixels.to(device), [it.input_size for it in items], [it.original_size for it in items])
+        embed = m.model.embed_tokens
+        rows, labels, seg_pos = [], [], []
+        for it, f in zip(items, feats):
+            ids_after = torch.tensor(it.tail_ids + it.answer_ids, device=device)
+            head = embed(torch.tensor(it.head_ids, device=device))
+            rows.append(torch.cat([head, f.llm_tokens[0], embed(ids_after)], dim=0))
+            n_prompt = len(it.head_ids) + f.llm_tokens.shape[1] + len(it.tail_ids)
+            lab = torch.full((rows[-1].shape[0],), -100, dtype=torch.long, device=device)
+            lab[n_prompt:] = torch.tensor(it.answer_ids, device=device)
+            labels.append(lab)
+            seg_pos.append([n_prompt + j for j, t in enumerate(it.answer_ids) if t in seg_ids])
+        length = max(r.shape[0] for r in rows)
+        embeds = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
+        key_valid = torch.zeros((len(rows), length), dtype=torch.bool, device=device)
+        for i, (it, f, r) in enumerate(zip(items, feats, rows)):
+            key_valid[i, : r.shape[0]] = True
+            start = len(it.head_ids)
+            key_valid[i, start: start + f.llm_valid.shape[1]] = f.llm_valid[0]
+        positions = torch.arange(length, device=device)[None].expand(len(rows), -1)
+        hidden = m.model(embeds, positions, key_valid)
+        logits = m.logits(hidden)
+        target = torch.stack([F.pad(lab, (0, length - lab.shape[0]), value=-100) for lab in labels])
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=-100)
+
+        bce, dice, overlap, n_masks = [], [], [], 0
+        for i, (it, f) in enumerate(zip(items, feats)):
+            if not seg_pos[i]:
+                continue
+            states = hidden[i, torch.tensor(seg_pos[i], device=device) - 1]  # the states that produced them
+            pred = m.decode_masks(f, m.codebook_embeddings(states)).float()
+            gt = it.masks.to(device)
+            bce.append(bce_per_mask(pred, gt))
+            dice.append(dice_per_mask(pred, gt))
+            overlap.append(overlap_per_mask(pred, gt))
+            n_masks += gt.shape[0]
+        zero = hidden.sum() * 0
+        c = self.loss_cfg
+        bce_l = torch.cat(bce).mean() if bce else zero
+        dice_l = torch.cat(dice).mean() if dice else zero
+        overlap_l = torch.cat(overlap).mean() if overlap else zero
+        loss = c.ce_weight * ce + c.bce_weight * bce_l + c.dice_weight * dice_l + c.overlap_weight * overlap_l
+        return {"loss": loss, "ce": ce.detach(), "bce": bce_l.detach(), "dice": dice_l.detach(),
+                "overlap": overlap_l.detach(), "masks": torch.tensor(float(n_masks))}
+
+
+def select_trainable(model: TrainingModel, cfg: TrainConfig) -> list[str]:
+    """Freeze everything, then unfreeze the configured parts and LoRA weights. Returns trained names."""
+    model.requires_grad_(False)
+    names = []
+    for name, p in model.pixellm.named_parameters():
+        if "all" in cfg.trainable or "lora_" in name or any(name == t or name.startswith(t + ".") for t in cfg.trainable):
+            p.requires_grad_(True)
+            names.append(name)
+    if cfg.train_vision_tower:
+        model.vision_tower.requires_grad_(True)
+        names += [f"vision_tower.{n}" for n, _ in model.vision_tower.named_parameters()]
+    return names
+
+
+def lora_target_names(model: PixelLMForCausalLM, cfg: LoraConfig) -> list[str]:
+    pattern = re.compile(cfg.target_modules)
+    return [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and pattern.fullmatch(n)]
+
+
+def add_lora(model: PixelLMForCausalLM, cfg: LoraConfig, adapter: str = "default") -> list[str]:
+    """Inject peft LoRA layers into the LLM's target linears (in place). Returns the wrapped names."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+    targets = lora_target_names(model, cfg)
+    if not targets:
+        raise ValueError(f"LoRA target pattern {cfg.target_modules!r} matches no linear layer")
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                              bias="none")
+    inject_adapter_in_model(peft_cfg, model, adapter_name=adapter)
+    return targets
+
+
+def merge_lora(model: PixelLMForCausalLM) -> int:
+    """Fold every LoRA layer into its base linear and remove it (the release's merge). Returns count."""
+    from peft.tuners.lora import LoraLayer
+    merged = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent = model.get_submodule(name.rsplit(".", 1)[0])
+            setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
+            merged += 1
+    return merged
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
+
