@@ -20,8 +20,8 @@ from pixellm_ros.model.factory import TINY_LLM, TINY_VISION, default_corpus, mak
 from .data.synthetic import domain_text
 
 PRESETS = {
-    # ~14M parameters (9M of them the release's fixed-width pixel decoder); 224 px input
-    "embedded": dict(llm=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4),
+    # ~12M parameters (9M of them the release's fixed-width pixel decoder); 224 px input
+    "embedded": dict(llm=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
                      vision=VisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=12,
                                          num_attention_heads=4),
                      image_size=224, vocab=800),

@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                 losses = model(batch["pixels"], batch["items"], seg_ids)
                 accelerator.backward(losses["loss"] / cfg.grad_accum)
             for k in METRIC_KEYS:
-                sums[k] += float(losses[k]) / cfg.grad_accum
+                sums[k] += float(losses[k].detach()) / cfg.grad_accum
             n_log += len(batch["items"]) * accelerator.num_processes
         if cfg.max_grad_norm:
             accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

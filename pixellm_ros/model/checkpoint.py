@@ -197,6 +197,7 @@ def save_pixellm(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, folder:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config
+    cfg = config.to_dict()
     if include_vision_tower:
         tower = model.vision_tower
         (folder / "vision_tower").mkdir(exist_ok=True)
@@ -204,9 +205,8 @@ def save_pixellm(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, folder:
         # Saved at its run-time size (table already resized, config.image_size updated), so loading
         # it again resizes nothing.
         _save_safetensors(tower.state_dict(), folder / "vision_tower")
-        config.vision_tower = "vision_tower"
+        cfg["vision_tower"] = cfg["mm_vision_tower"] = "vision_tower"
     _save_safetensors(model.state_dict(), folder)
-    cfg = config.to_dict()
     cfg["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     (folder / "generation_config.json").write_text(json.dumps(

@@ -322,6 +322,8 @@ def generate_recompute(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, p
         generated.append(token)
         if token == tokenizer.eos_id:
             break
+    if not generated:  # nothing generated, nothing encoded yet: the image is still needed for the result
+        image = model.encode_image(pixels, input_size, original_size)
     # The producing state of generated token j sits at sequence position offset + j - 1.
     offset = len(head) + image.llm_tokens.shape[1] + len(tail)
     collector = _Collector(model, tokenizer, image)

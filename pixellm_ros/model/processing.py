@@ -35,6 +35,8 @@ def preprocess_image(rgb: np.ndarray, size: int = 448) -> ProcessedImage:
     if min(rgb.shape[:2]) < 1:
         raise ValueError(f"empty image of shape {rgb.shape}")
     h, w = resized_shape(*rgb.shape[:2], size)
+    if h < 1 or w < 1:
+        raise ValueError(f"image {rgb.shape[1]}x{rgb.shape[0]} is too thin: it resizes to {w}x{h} at {size} px")
     resized = np.array(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
     x = torch.from_numpy(resized).permute(2, 0, 1).float()
     x = (x - torch.tensor(PIXEL_MEAN).view(3, 1, 1)) / torch.tensor(PIXEL_STD).view(3, 1, 1)
