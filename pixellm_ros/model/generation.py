@@ -175,6 +175,7 @@ class _Collector:
         self.seg_hidden: list[torch.Tensor] = []
         self.targets: list[Target] = []
         self.text = ""
+        self.pending = b""
 
     def add(self, token: int, hidden: torch.Tensor) -> list[TextEvent | TargetEvent]:
         events: list[TextEvent | TargetEvent] = []
@@ -182,7 +183,16 @@ class _Collector:
             self.seg_positions.append(len(self.ids))
             self.seg_hidden.append(hidden)
         self.ids.append(token)
-        delta = self.tok.stream_piece(token)
+        piece = self.tok.stream_piece(token)
+        if isinstance(piece, bytes):  # gather the bytes of a multi-byte character
+            self.pending += piece
+            try:
+                piece, self.pending = self.pending.decode("utf-8"), b""
+            except UnicodeDecodeError:
+                piece = ""
+                if len(self.pending) >= 4:  # not UTF-8 at all: show it as replacement characters
+                    piece, self.pending = self.pending.decode("utf-8", "replace"), b""
+        delta = piece
         if not self.text:
             delta = delta.lstrip()
         self.text += delta

@@ -100,14 +100,14 @@ class PixelLMTokenizer:
         return ids
 
     # ------------------------------------------------------------------------------ decoding
-    def stream_piece(self, token_id: int) -> str:
-        """Readable text a single generated token adds to a streamed answer ("" for special and
-        codebook tokens), so streamed text only ever grows."""
+    def stream_piece(self, token_id: int) -> str | bytes:
+        """What one generated token adds to a streamed answer: text, or one raw byte (byte-fallback
+        pieces of a multi-byte character, to be joined by the caller); "" for special and codebook
+        tokens, so streamed text only ever grows."""
         if token_id in self.added_by_id or token_id in (self.bos_id, self.eos_id, self.unk_id):
             return ""
         if self.sp.is_byte(token_id):
-            value = int(self.sp.id_to_piece(token_id)[3:-1], 16)
-            return chr(value) if value < 128 else ""
+            return bytes([int(self.sp.id_to_piece(token_id)[3:-1], 16)])
         return self.sp.id_to_piece(token_id).replace("\u2581", " ")
 
     def _pieces_to_text(self, pieces: list[str]) -> str:
