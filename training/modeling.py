@@ -25,6 +25,7 @@ class TrainingModel(nn.Module):
         self.loss_cfg = loss
 
     def forward(self, pixels: torch.Tensor, items: list, seg_ids: list[int]) -> dict[str, torch.Tensor]:
+        """Summed loss terms and their counts for this process's batch (see `combine_losses`)."""
         m = self.pixellm
         device = m.device
         feats = m.encode_images(pixels.to(device), [it.input_size for it in items], [it.original_size for it in items])
@@ -50,9 +51,9 @@ class TrainingModel(nn.Module):
         hidden = m.model(embeds, positions, key_valid)
         logits = m.logits(hidden)
         target = torch.stack([F.pad(lab, (0, length - lab.shape[0]), value=-100) for lab in labels])
-        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=-100)
-
-        bce, dice, overlap, n_masks = [], [], [], 0
+        ce_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=-100,
+                                 reduction="sum")
+        bce, dice, overlap = [], [], []
         for i, (it, f) in enumerate(zip(items, feats)):
             if not seg_pos[i]:
                 continue
@@ -62,15 +63,27 @@ class TrainingModel(nn.Module):
             bce.append(bce_per_mask(pred, gt))
             dice.append(dice_per_mask(pred, gt))
             overlap.append(overlap_per_mask(pred, gt))
-            n_masks += gt.shape[0]
         zero = hidden.sum() * 0
-        c = self.loss_cfg
-        bce_l = torch.cat(bce).mean() if bce else zero
-        dice_l = torch.cat(dice).mean() if dice else zero
-        overlap_l = torch.cat(overlap).mean() if overlap else zero
-        loss = c.ce_weight * ce + c.bce_weight * bce_l + c.dice_weight * dice_l + c.overlap_weight * overlap_l
-        return {"loss": loss, "ce": ce.detach(), "bce": bce_l.detach(), "dice": dice_l.detach(),
-                "overlap": overlap_l.detach(), "masks": torch.tensor(float(n_masks))}
+        return {"ce_sum": ce_sum, "tokens": (target[:, 1:] != -100).sum(),
+                "bce_sum": torch.cat(bce).sum() if bce else zero, "dice_sum": torch.cat(dice).sum() if dice else zero,
+                "overlap_sum": torch.cat(overlap).sum() if overlap else zero,
+                "masks": torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
+
+
+def combine_losses(parts: dict[str, torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor, cfg: LossConfig,
+                   world: int = 1) -> dict[str, torch.Tensor]:
+    """Normalise summed terms by the GLOBAL token and mask counts of the step's batch (all processes),
+    times `world` because DDP averages gradients over processes. With one process this is the release's
+    token-mean CE and mask-mean BCE / DICE; with several it gives the same gradient as one process
+    with the whole batch.
+    """
+    tokens, masks = tokens.clamp(min=1).float(), masks.clamp(min=1).float()
+    terms = {"ce": parts["ce_sum"] / tokens, "bce": parts["bce_sum"] / masks, "dice": parts["dice_sum"] / masks,
+             "overlap": parts["overlap_sum"] / masks}
+    terms = {k: v * world for k, v in terms.items()}  # the mean over processes is the global value
+    loss = (cfg.ce_weight * terms["ce"] + cfg.bce_weight * terms["bce"] + cfg.dice_weight * terms["dice"]
+            + cfg.overlap_weight * terms["overlap"])
+    return {"loss": loss, **terms}
 
 
 def select_trainable(model: TrainingModel, cfg: TrainConfig) -> list[str]:

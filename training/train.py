@@ -1,9 +1,11 @@
 """Fine-tune PixelLM: LoRA on the LLM + the release's fully trained parts, on a mixture of sources.
 
     python -m training.train CONFIG.yaml [--resume] [--set key=value ...]
-    accelerate launch --config_file training/accelerate/ddp_cpu.yaml -m training.train CONFIG.yaml
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.train CONFIG.yaml     # DDP on CPUs (gloo)
+    accelerate launch --config_file training/accelerate/ddp_gpu.yaml -m training.train CONFIG.yaml
 
-One process, DDP, DeepSpeed ZeRO-2 or FSDP through accelerate (config files in training/accelerate/).
+One process, DDP, DeepSpeed ZeRO-2 or FSDP through accelerate (GPU config files in training/accelerate/;
+`accelerate launch` starts a single process on CPUs, hence torchrun there).
 Checkpoints are written to a temporary folder and renamed (a crash mid-write leaves the previous one
 valid); `--resume` restores model, optimizer, scheduler, RNG and the data position, so the loss
 curve continues where it stopped. Metrics go to metrics.csv (and TensorBoard when installed) and
@@ -30,7 +32,7 @@ from pixellm_ros.model import load_pixellm
 
 from .config import TrainConfig
 from .data.dataset import IndexedBatches, MixtureStream
-from .modeling import TrainingModel, add_lora, select_trainable
+from .modeling import TrainingModel, add_lora, combine_losses, select_trainable
 
 log = logging.getLogger("training")
 METRIC_KEYS = ("loss", "ce", "bce", "dice", "overlap")
@@ -114,11 +116,13 @@ def build(cfg: TrainConfig, device):
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # A process whose batch names no target leaves the decoder without gradients; DDP must allow that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -126,11 +130,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     model, tokenizer, trained = build(cfg, accelerator.device)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("training %d parameters in %d tensors", n_train, len(trained))
+    log.info("rank %d of %d: training %d parameters in %d tensors", accelerator.process_index,
+             accelerator.num_processes, n_train, len(trained))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays unprepared: accelerate's wrapper steps it once per process, and our steps are global.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     start_step, position = 0, 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -151,14 +158,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     writer = _tensorboard(out) if accelerator.is_main_process else None
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train",
                disable=not accelerator.is_main_process)
-    sums, t_log, n_log = {k: 0.0 for k in METRIC_KEYS}, time.perf_counter(), 0
+    sums, t_log, n_log, last_log = {k: 0.0 for k in METRIC_KEYS}, time.perf_counter(), 0, start_step
     for step in bar:
         for micro in range(cfg.grad_accum):
             batch = batches.next_batch()
             sync = micro == cfg.grad_accum - 1
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx, accelerator.autocast():
-                losses = model(batch["pixels"], batch["items"], seg_ids)
+                parts = model(batch["pixels"], batch["items"], seg_ids)
+                counts = accelerator.reduce(torch.stack([parts["tokens"], parts["masks"]]).float(), reduction="sum")
+                losses = combine_losses(parts, counts[0], counts[1], cfg.loss, accelerator.num_processes)
                 accelerator.backward(losses["loss"] / cfg.grad_accum)
             for k in METRIC_KEYS:
                 sums[k] += float(losses[k].detach()) / cfg.grad_accum
@@ -170,8 +179,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            means = {k: accelerator.reduce(torch.tensor(v / cfg.log_every if done % cfg.log_every == 0 else v),
-                                           reduction="mean").item() for k, v in sums.items()}
+            window = done - last_log
+            means = {k: accelerator.reduce(torch.tensor(v / window), reduction="mean").item() for k, v in sums.items()}
+            last_log = done
             rate = n_log / (time.perf_counter() - t_log)
             if accelerator.is_main_process:
                 with csv_path.open("a") as f:

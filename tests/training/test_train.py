@@ -24,6 +24,7 @@ from training.losses import dice_per_mask, overlap_per_mask
 from training.train import latest_checkpoint, save_checkpoint, train
 
 REPO = Path(__file__).resolve().parents[2]
+SINGLE_SAMPLE_SEED = 45  # synthetic_sample(45, 0): "Where is the red cup?", one large target
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,12 @@ def metrics(out: Path) -> list[dict]:
     return list(csv.DictReader((out / "metrics.csv").open()))
 
 
-def run_cli(cfg: dict, tmp: Path, *args: str, launcher: list[str] | None = None) -> subprocess.Popen:
+def run_cli(cfg: dict, tmp: Path, *args: str, launcher: list[str] | None = None,
+            env: dict[str, str] | None = None) -> subprocess.Popen:
     path = tmp / f"cfg_{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = (launcher or [sys.executable]) + ["-m", "training.train", str(path), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -70,20 +72,22 @@ def test_unknown_config_key_is_an_error():
 
 
 def test_few_steps_learn_a_single_sample(base_model, tmp_path):
-    """Overfitting one sample: the loss falls and the answer is learned token for token."""
+    """Overfitting one sample: the loss falls and the answer (with its codebook group) is learned token for
+    token. Mask quality needs far more steps; the embedded model's held-out metrics cover it."""
     out = tmp_path / "run"
-    cfg = TrainConfig.from_dict(config(base_model, out, steps=60, lr=5e-3, log_every=5,
-                                       data={"sources": [{"kind": "synthetic", "seed": 3, "size": 1}]}))
+    seed = SINGLE_SAMPLE_SEED
+    cfg = TrainConfig.from_dict(config(base_model, out, steps=80, lr=5e-3, warmup_steps=5, log_every=5,
+                                       data={"sources": [{"kind": "synthetic", "seed": seed, "size": 1}]}))
     train(cfg)
     rows = metrics(out)
-    assert float(rows[-1]["ce"]) < 0.3 * float(rows[0]["ce"])
-    assert float(rows[-1]["bce"]) < float(rows[0]["bce"])
-    sample = synthetic_sample(3, 0)
+    assert float(rows[-1]["ce"]) < 0.1 * float(rows[0]["ce"])
+    assert float(rows[-1]["bce"]) < 0.5 * float(rows[0]["bce"])
+    sample = synthetic_sample(seed, 0)
     engine = Engine.from_pretrained(out / "model", device="cpu")
     engine.set_image(sample.image)
     result = engine.ask(sample.question)
-    expected = sample.answer.replace(" {seg}", "")
-    assert result.answer == expected
+    assert result.answer == sample.answer.replace(" {seg}", "")
+    assert len(result.targets) == 1 and result.targets[0].mask.shape == sample.masks[0].shape
 
 
 def test_resume_after_sigkill_continues_the_same_curve(base_model, tmp_path):
@@ -130,14 +134,17 @@ def test_two_process_ddp_matches_one_process(base_model, tmp_path):
     """Same global batch (1 process x 2 samples vs 2 processes x 1 sample): same loss curve."""
     single = tmp_path / "single"
     train(TrainConfig.from_dict(config(base_model, single, steps=3, batch_size=2)))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "training/accelerate/ddp_cpu.yaml")]
-    ddp = run_cli(config(base_model, tmp_path / "ddp", steps=3, batch_size=1), tmp_path, launcher=launcher)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    ddp = run_cli(config(base_model, tmp_path / "ddp", steps=3, batch_size=1), tmp_path, launcher=launcher,
+                  env={"ACCELERATE_USE_CPU": "true"})
     output = ddp.communicate(timeout=600)[0]
     assert ddp.returncode == 0, output
-    for ra, rb in zip(metrics(single), metrics(tmp_path / "ddp")):
-        # CE is a mean over each process's tokens, so per-process means differ slightly from the global one.
-        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=0.02), (ra, rb)
+    assert "rank 1 of 2" in output  # really two processes
+    a, b = metrics(single), metrics(tmp_path / "ddp")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        for key in ("loss", "ce", "bce", "dice"):
+            assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-3, abs=1e-5), (key, ra, rb)
 
 
 def test_lora_adapter_export_matches_merged_model(base_model, tmp_path):

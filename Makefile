@@ -1,0 +1,20 @@
+# make setup | test | demo | clean. Setup is idempotent and skips unchanged phases (see scripts/setup_env.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: setup test demo clean
+
+setup:
+	@VENV=$(VENV) scripts/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m pixellm_ros.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf build install log $(VENV) demo_out .pytest_cache *.egg-info symlink_install_manifest.txt
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
