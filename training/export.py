@@ -1,8 +1,9 @@
 """Export a run: the adapter (for the node's ~/load_adapter) and/or a merged hf_model folder.
 
-    python -m training.export --base DIR --adapter DIR --out DIR [--dtype bfloat16]
+    python -m training.export --base DIR (--adapter DIR | --checkpoint DIR) --out DIR [--dtype bfloat16]
 
-merges an adapter into its base model and saves a self-contained safetensors folder the engine loads.
+merges an adapter into its base model (or turns a mid-run checkpoint into a model) and saves a
+self-contained safetensors folder the engine loads.
 """
 from __future__ import annotations
 
@@ -49,14 +50,33 @@ def merge_adapter(base: str, adapter: str, out: str, dtype: str = "bfloat16") ->
     return save_pixellm(model.to(DTYPES[dtype]), tokenizer, out)
 
 
+def export_checkpoint(checkpoint: str, base: str, out: str, dtype: str = "float32") -> Path:
+    """A full-training checkpoint (no LoRA) of a run -> hf_model folder, e.g. to evaluate mid-run."""
+    from safetensors.torch import load_file
+    model, tokenizer = load_pixellm(base)
+    state = load_file(str(Path(checkpoint) / "model.safetensors"))
+    if any("lora_" in k for k in state):
+        raise ValueError(f"{checkpoint} holds LoRA weights: export it by finishing or resuming the run")
+    model.load_state_dict({k.removeprefix("pixellm."): v for k, v in state.items() if k.startswith("pixellm.")})
+    model.vision_tower.load_state_dict({k.removeprefix("vision_tower."): v for k, v in state.items()
+                                        if k.startswith("vision_tower.")})
+    return save_pixellm(model.to(DTYPES[dtype]), tokenizer, out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True)
-    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--base", required=True, help="the run's base_model folder")
+    ap.add_argument("--adapter", help="adapter folder to merge into the base")
+    ap.add_argument("--checkpoint", help="or: a full-training checkpoint folder of a run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     args = ap.parse_args(argv)
-    path = merge_adapter(args.base, args.adapter, args.out, args.dtype)
+    if bool(args.adapter) == bool(args.checkpoint):
+        ap.error("give exactly one of --adapter and --checkpoint")
+    if args.adapter:
+        path = merge_adapter(args.base, args.adapter, args.out, args.dtype)
+    else:
+        path = export_checkpoint(args.checkpoint, args.base, args.out, args.dtype)
     print(json.dumps({"model": str(path)}))
     return 0
 
