@@ -26,6 +26,11 @@ setup(
     entry_points={
         "console_scripts": [
             "pixellm_chat = pixellm_ros.chat:main",
+            # ROS 2 executables (need rclpy and the generated interfaces); a ROS build installs the same three
+            # into lib/pixellm_ros from scripts/ros/ (CMakeLists.txt) for `ros2 run` and the launch files.
+            "pixellm_node = pixellm_ros.node:main",
+            "demo_camera = pixellm_ros.demo_camera:main",
+            "demo_planner = pixellm_ros.demo_planner:main",
         ],
     },
 )

@@ -27,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pixellm_ros.conversions import compressed_to_rgb, image_to_rgb
+
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/Image",
@@ -34,36 +36,12 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sens
 LABELME_VERSION = "5.4.1"
 QUESTION_STUB = {"question": "", "answer": "", "targets": []}
 
-# encoding -> (channels, cv2 conversion to RGB or None)
-_ENCODINGS = {
-    "rgb8": (3, None),
-    "bgr8": (3, cv2.COLOR_BGR2RGB),
-    "rgba8": (4, cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, cv2.COLOR_BGRA2RGB),
-    "mono8": (1, cv2.COLOR_GRAY2RGB),
-    "8uc1": (1, cv2.COLOR_GRAY2RGB),
-    "8uc3": (3, cv2.COLOR_BGR2RGB),  # OpenCV's own layout
-}
-
-
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a sensor_msgs Image (rgb8, bgr8, rgba8, bgra8, mono8; rows padded to
-    `step`) or CompressedImage (anything cv2.imdecode reads). Raises ValueError otherwise."""
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, np.ndarray) else msg.data.tobytes(), np.uint8)
+    """(H, W, 3) uint8 RGB from a sensor_msgs Image (see pixellm_ros.conversions.image_to_rgb for the encodings)
+    or CompressedImage (anything cv2.imdecode reads). Raises ValueError (ImageConversionError) otherwise."""
     if hasattr(msg, "format"):  # CompressedImage
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if img is None:
-            raise ValueError(f"cannot decode compressed image (format {msg.format!r})")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    enc = msg.encoding.lower()
-    if enc not in _ENCODINGS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {', '.join(_ENCODINGS)})")
-    channels, code = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if step < w * channels or data.size < step * h:
-        raise ValueError(f"{msg.encoding} image {w}x{h}: step {step} and {data.size} bytes are too small")
-    img = data[: step * h].reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    return np.ascontiguousarray(img if code is None else cv2.cvtColor(img, code))
+        return compressed_to_rgb(msg)
+    return image_to_rgb(msg)
 
 
 def labelme_template(image_name: str, height: int, width: int, meta: dict) -> dict:

@@ -83,3 +83,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if ROS_IMPORT_ERROR:
         terminalreporter.write_line(f"ROS tests not run: {ROS_IMPORT_ERROR}; the cross-process tests "
                                     f"({', '.join(collect_ignore_glob)}) were not collected.", yellow=True)
+
+
+# ------------------------------------------------------------------------ node tests (tests/ros/test_node*.py)
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory) -> Path:
+    """The tiny scripted model of node_fixtures (answers cycle "the cup [SEG x6] and"), built once."""
+    import torch
+    from node_fixtures import build_scripted_model
+
+    torch.set_num_threads(1)
+    return build_scripted_model(tmp_path_factory.mktemp("node_model") / "model")

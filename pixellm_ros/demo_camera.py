@@ -1,0 +1,129 @@
+"""A stand-in camera for demos and benchmarks: publishes rgb8 frames and a pinhole camera_info.
+
+    python -m pixellm_ros.demo_camera --ros-args -p rate_hz:=5.0 -r image:=/camera/image_raw
+
+Frames are synthetic tabletop scenes (training.data.synthetic, the domain the project's default model is
+trained on): scene i is `render_scene(np.random.default_rng([seed, i]), SyntheticConfig())`, held for
+`frames_per_scene` frames, `num_scenes` scenes, repeated when `loop`. Where `training` is not importable
+(e.g. a colcon install), set `image_folder` to a folder of PNG/JPEG files instead. Topics: `image`
+(sensor_msgs/Image, sensor-data QoS) and `camera_info`; header.frame_id `frame_id`, stamps from the node clock.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from .conversions import rgb_to_msg
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class FrameSource:
+    """Frame k of the stream as (H, W, 3) uint8 RGB; `len()` frames before it repeats or ends."""
+
+    def __init__(self, seed: int, num_scenes: int, frames_per_scene: int, image_folder: str = "") -> None:
+        self.frames_per_scene = max(1, frames_per_scene)
+        self._cache: dict[int, np.ndarray] = {}
+        if image_folder:
+            self.files = sorted(p for p in Path(image_folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+                if Path(image_folder).is_dir() else []
+            if not self.files:
+                raise ValueError(f"image_folder {image_folder!r} holds no PNG or JPEG files")
+            self.num_scenes, self._render = len(self.files), self._read
+        else:
+            try:
+                from training.data.synthetic import SyntheticConfig, render_scene
+            except ImportError as exc:
+                raise ValueError(f"synthetic scenes need the project's `training` package ({exc}); run from the "
+                                 f"repository root or set the image_folder parameter to a folder of PNGs") from None
+            self.seed, self.num_scenes = seed, max(1, num_scenes)
+            self._render = lambda i: render_scene(np.random.default_rng([self.seed, i]), SyntheticConfig())[0]
+
+    def _read(self, i: int) -> np.ndarray:
+        bgr = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read image {self.files[i]}")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def __len__(self) -> int:
+        return self.num_scenes * self.frames_per_scene
+
+    def frame(self, k: int) -> np.ndarray:
+        scene = (k // self.frames_per_scene) % self.num_scenes
+        if scene not in self._cache:
+            self._cache[scene] = self._render(scene)
+        return self._cache[scene]
+
+
+def pinhole_info(header: Header, height: int, width: int, hfov_deg: float = 60.0) -> CameraInfo:
+    """CameraInfo of an ideal pinhole camera with the principal point in the image centre."""
+    f = (width / 2) / np.tan(np.radians(hfov_deg) / 2)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return CameraInfo(header=header, height=height, width=width, distortion_model="plumb_bob", d=[0.0] * 5,
+                      k=[f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0], r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=[f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+class DemoCamera(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("demo_camera", **kwargs)
+        self.rate_hz = float(self.declare_parameter("rate_hz", 5.0).value)
+        self.frame_id = str(self.declare_parameter("frame_id", "camera_optical_frame").value)
+        self.loop = bool(self.declare_parameter("loop", True).value)
+        self.source = FrameSource(seed=int(self.declare_parameter("seed", 0).value),
+                                  num_scenes=int(self.declare_parameter("num_scenes", 20).value),
+                                  frames_per_scene=int(self.declare_parameter("frames_per_scene", 10).value),
+                                  image_folder=str(self.declare_parameter("image_folder", "").value))
+        if self.rate_hz <= 0:
+            raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
+        self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data)
+        self.count = 0
+        self.done = False
+        self.timer = self.create_timer(1.0 / self.rate_hz, self.publish)
+        self.get_logger().info(f"publishing {len(self.source)} frames at {self.rate_hz:g} Hz on "
+                               f"{self.image_pub.topic_name} ({'looping' if self.loop else 'once'})")
+
+    def publish(self) -> None:
+        if not self.loop and self.count >= len(self.source):
+            self.timer.cancel()
+            self.done = True
+            return
+        rgb = self.source.frame(self.count)
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        self.image_pub.publish(rgb_to_msg(rgb, header))
+        self.info_pub.publish(pinhole_info(header, *rgb.shape[:2]))
+        self.count += 1
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if args is None else args)
+    code = 0
+    node = None
+    try:
+        node = DemoCamera()
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.5)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"demo_camera: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

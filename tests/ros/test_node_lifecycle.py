@@ -1,0 +1,97 @@
+"""The node's lifecycle through ~/change_state / ~/get_state (autostart false), including a configure that
+fails on a missing model and succeeds after the parameter is fixed; and the busy queue and goal cancel."""
+from __future__ import annotations
+
+import pytest
+from action_msgs.msg import GoalStatus
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from std_msgs.msg import Header
+
+from node_fixtures import NODE, Camera, Client, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
+from pixellm_ros.action import Ask
+from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.srv import Segment
+
+pytestmark = pytest.mark.ros
+
+
+def segment(client: Client, qid: str) -> S:
+    request = Segment.Request(query=Query(id=qid, text="Where is the cup?"), use_image=True,
+                              image=image_msg(sample_rgb(1), Header(frame_id="given")))
+    return client.call(client.segment, request, f"the Segment response {qid}").result
+
+
+def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model, tmp_path):
+    client = start_node(autostart=False, model_path=tmp_path / "missing", max_new_tokens=32)
+    change = client.node.create_client(ChangeState, f"{NODE}/change_state")
+    get = client.node.create_client(GetState, f"{NODE}/get_state")
+    set_params = client.node.create_client(SetParameters, f"{NODE}/set_parameters")
+
+    def state() -> int:
+        return client.call(get, GetState.Request(), "get_state").current_state.id
+
+    def transition(tid: int) -> bool:
+        return client.call(change, ChangeState.Request(transition=Transition(id=tid)), f"transition {tid}",
+                           timeout=60).success
+
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert segment(client, "early").status == S.NOT_READY
+    assert not transition(Transition.TRANSITION_CONFIGURE)  # the model folder does not exist
+    assert state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert "model_path" in client.process.log()
+    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(scripted_model))
+    response = client.call(set_params, SetParameters.Request(parameters=[Parameter(name="model_path", value=value)]),
+                           "set_parameters")
+    assert response.results[0].successful
+    assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
+    not_ready = segment(client, "inactive")
+    assert not_ready.status == S.NOT_READY and "inactive" in not_ready.status_message
+    assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
+    assert segment(client, "active").status == S.OK
+    assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
+    assert segment(client, "deactivated").status == S.NOT_READY
+    assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
+    assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
+    assert segment(client, "again").status == S.OK
+    assert transition(Transition.TRANSITION_DEACTIVATE) and transition(Transition.TRANSITION_CLEANUP)
+    assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) and state() == State.PRIMARY_STATE_FINALIZED
+    assert client.process.proc.poll() is None
+
+
+def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
+    # 150 tokens (~9 targets) take ~1 s here: long enough to fill a queue of 1 and to cancel mid-answer.
+    client = start_node(model_path=scripted_model, max_new_tokens=150, queue_size=1, max_image_age_s=0.0)
+    cam = Camera(client, "image", "camera_optical")
+    client.wait_connected(cam.pub)
+    client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=60)
+    n = client.frames("camera")
+    cam.publish()
+    client.wait_frames("camera", n + 1)
+    ids = [f"b{i}" for i in range(6)]
+    for qid in ids:
+        client.query_full_pub.publish(Query(id=qid, text="Where is the cup?"))
+    client.spin_until(lambda: {r.query_id for r in client.results} >= set(ids), "a result for every query", 60)
+    per_id = {qid: [r for r in client.results if r.query_id == qid] for qid in ids}
+    assert all(len(v) == 1 for v in per_id.values()), per_id  # exactly one result each, none lost
+    statuses = [v[0].status for v in per_id.values()]
+    assert statuses.count(S.OK) >= 2 and statuses.count(S.BUSY) >= 1, statuses
+    busy = next(v[0] for v in per_id.values() if v[0].status == S.BUSY)
+    assert "queue" in busy.status_message
+    client.spin_until(lambda: client.diagnostic("busy") not in (None, "0"), "busy in /diagnostics")
+
+    assert client.ask.wait_for_server(timeout_sec=15)
+    feedback = []
+    future = client.ask.send_goal_async(Ask.Goal(query=Query(id="c1", text="Where is the cup?")),
+                                        feedback_callback=lambda m: feedback.append(m.feedback))
+    handle = spin_future(client.executor, future, "goal acceptance", client.process)
+    client.spin_until(lambda: len(feedback) >= 2, "two feedback messages")
+    spin_future(client.executor, handle.cancel_goal_async(), "the cancel response", client.process)
+    response = spin_future(client.executor, handle.get_result_async(), "the canceled result", client.process)
+    assert response.status == GoalStatus.STATUS_CANCELED
+    result = response.result.result
+    assert result.status == S.CANCELED and "canceled" in result.status_message
+    assert result.answer.startswith(feedback[1].partial_answer) and len(result.targets) < 9
+    assert segment(client, "after-cancel").status == S.OK

@@ -1,0 +1,141 @@
+"""Node parts tested in this process: parameters (one source of defaults), the adapter path check, the
+vision_msgs guard, model errors (CUDA OOM included) and the lazy overlay, on an in-process node."""
+from __future__ import annotations
+
+import re
+import time
+import types
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+import pixellm_ros.node as node_module
+from node_fixtures import ROOT, image_msg, sample_rgb
+from pixellm_ros.msg import Query, SegmentationResult as S, TargetMask
+from pixellm_ros.node import PixelLMNode, Request, detections_msg, import_vision_msgs, resolve_adapter
+from pixellm_ros.params import ENGINE_PARAMS, ConfigError, NodeConfig, configure, load_defaults
+
+pytestmark = pytest.mark.ros
+
+
+def test_yaml_is_the_one_source_of_defaults():
+    defaults = load_defaults()
+    assert set(defaults) == {f.name for f in fields(NodeConfig)} | set(ENGINE_PARAMS)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The ROS 2 node", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    assert set(defaults) <= documented, f"not in the README parameter table: {set(defaults) - documented}"
+
+
+def test_configure_maps_and_reports_every_problem(scripted_model, tmp_path):
+    node, engine = configure({**load_defaults(), "model_path": str(scripted_model), "max_image_age_s": 3,
+                              "max_new_tokens": 7, "num_threads": 0})
+    assert node.max_image_age_s == 3.0 and node.cameras == ("camera",) and node.image_topics == ("image",)
+    assert engine.sampling.max_new_tokens == 7 and engine.num_threads is None and engine.max_question_chars == 2000
+    with pytest.raises(ConfigError) as err:
+        configure({"model_path": str(tmp_path / "none"), "cameras": ["a", "b"], "queue_size": 0, "dtype": "int8"})
+    for words in ("model_path", "image_topics", "queue_size", "dtype"):
+        assert words in str(err.value)
+    with pytest.raises(ConfigError, match="max_image_age_s: expected float"):
+        configure({"max_image_age_s": "soon"})
+
+
+def test_resolve_adapter_stays_inside_adapter_dir(tmp_path):
+    root, outside = tmp_path / "adapters", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (root / "link_out").symlink_to(outside)
+    (root / "link_in").symlink_to(root / "a")
+    assert resolve_adapter(str(root), "a") == root / "a"
+    assert resolve_adapter(str(root), "a/b") == root / "a" / "b"
+    assert resolve_adapter(str(root), "link_in") == root / "a"
+    for name, words in [("..", ".."), ("a/../../outside", ".."), (str(outside), ".."), ("link_out", "outside"),
+                        ("nope", "available"), (".", "outside")]:
+        with pytest.raises(ValueError, match=words):
+            resolve_adapter(str(root), name)
+    with pytest.raises(ValueError, match="adapter_dir"):
+        resolve_adapter("", "a")
+
+
+def test_detections_only_with_vision_msgs():
+    assert import_vision_msgs() is None  # not installed here: the node runs without ~/detections
+
+    def ns(**kw):
+        return lambda **over: types.SimpleNamespace(**{**{k: v() if callable(v) else v for k, v in kw.items()},
+                                                       **over})
+    fake = types.SimpleNamespace(
+        Detection2DArray=ns(header=None, detections=list),
+        Detection2D=ns(header=None, id="", results=list, bbox=lambda: types.SimpleNamespace(
+            center=types.SimpleNamespace(position=types.SimpleNamespace(x=0.0, y=0.0), theta=0.0),
+            size_x=0.0, size_y=0.0)),
+        ObjectHypothesisWithPose=ns(hypothesis=lambda: types.SimpleNamespace(class_id="", score=0.0)))
+    target = TargetMask(index=1, label="the cup", score=0.75)
+    target.bbox.x_offset, target.bbox.y_offset, target.bbox.width, target.bbox.height = 10, 20, 4, 6
+    out = detections_msg(fake, Header(frame_id="cam"), [target])
+    (det,) = out.detections
+    assert (det.id, det.results[0].hypothesis.class_id, det.results[0].hypothesis.score) == ("1", "the cup", 0.75)
+    assert (det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.size_x, det.bbox.size_y) == (12, 23, 4, 6)
+
+
+@pytest.fixture
+def local_node(scripted_model):
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = PixelLMNode(context=context, parameter_overrides=[
+        Parameter("model_path", Parameter.Type.STRING, str(scripted_model)),
+        Parameter("autostart", Parameter.Type.BOOL, False), Parameter("num_threads", Parameter.Type.INTEGER, 1),
+        Parameter("max_new_tokens", Parameter.Type.INTEGER, 32)])
+    node.trigger_configure()
+    node.trigger_activate()
+    yield node
+    node.close()
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def _ask(node: PixelLMNode, qid: str) -> S:
+    got = []
+    req = Request(Query(id=qid, text="Where is the cup?"), "test", got.append,
+                  image=image_msg(sample_rgb(1), Header(frame_id="given")))
+    node._finish(req, node._answer(req))
+    return got[0]
+
+
+def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatch):
+    assert _ask(local_node, "ok").status == S.OK
+    freed = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+    engine = local_node._engine
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # a generator, like Engine.stream
+
+    monkeypatch.setattr(engine, "stream", oom)
+    result = _ask(local_node, "oom")
+    assert result.status == S.MODEL_ERROR and "out of device memory" in result.status_message and freed
+    monkeypatch.setattr(engine, "stream", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    result = _ask(local_node, "boom")
+    assert result.status == S.MODEL_ERROR and "RuntimeError: boom" in result.status_message
+    monkeypatch.undo()
+    assert _ask(local_node, "after").status == S.OK
+
+
+def test_overlay_drawn_only_while_subscribed(local_node, monkeypatch):
+    drawn = []
+    real = node_module.draw_overlay
+    monkeypatch.setattr(node_module, "draw_overlay", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    assert _ask(local_node, "nobody").status == S.OK and drawn == []
+    local_node.create_subscription(Image, "~/overlay", lambda msg: None, 5)
+    deadline = time.monotonic() + 10
+    while local_node._overlay_pub.get_subscription_count() == 0:
+        assert time.monotonic() < deadline, "the overlay subscription did not match"
+        time.sleep(0.01)
+    assert _ask(local_node, "watched").status == S.OK and drawn == [1]
