@@ -35,6 +35,10 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes:
     last = rows[-1] if rows else {}
     params = json.loads((out / "config.json").read_text())
     samples = cfg["steps"] * cfg["batch_size"] * cfg["grad_accum"]
+    met = report["gIoU"] >= 0.75 and report["target_count_accuracy"] >= 0.90
+    verdict = ("met." if met else "**not met** by this checkpoint: it names and roughly locates objects, but its "
+               "masks are coarse and often on the wrong object. Train longer (start from this folder as "
+               "`base_model`) before relying on it.")
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -61,7 +65,7 @@ fine-tune on your own data.
 |---|---|---|---|
 | {report['questions']} | {report['gIoU']:.3f} | {report['cIoU']:.3f} | {report['target_count_accuracy']:.3f} |
 
-Aim set for this model: gIoU >= 0.75 and target count >= 0.90 — see the issue notes for where it stands.
+Aim set for this model: gIoU >= 0.75 and target count >= 0.90: {verdict}
 `heldout_examples.png`: predicted (left) vs true (right) masks; `training_curves.png`: the loss curves.
 
 ## Reproduce
