@@ -127,6 +127,16 @@ class Client:
 def ros_latency(c: Client, frames: list[np.ndarray], args) -> dict:
     from pixellm_ros.msg import SegmentationResult
 
+    deadline = time.monotonic() + args.call_timeout
+    while True:  # the service exists from start-up; the model is ready once answers stop being NOT_READY
+        future = c.client.call_async(c.request(frames[0], "ready?"))
+        if not c.spin_until(future.done, args.call_timeout):
+            raise RuntimeError(f"~/segment did not answer within {args.call_timeout:.0f} s")
+        if future.result().result.status != SegmentationResult.NOT_READY:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the node was not active within {args.call_timeout:.0f} s")
+        c.spin_until(lambda: False, 0.2)
     times, answers = [], []
     for r in range(args.repeats + 1):
         t0 = time.perf_counter()
