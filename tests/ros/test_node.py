@@ -196,7 +196,8 @@ def test_frame_next_times_out(main):
 
 
 def test_frame_stamp_picks_the_nearest_cached_frame(main):
-    base, n = time.time_ns() - 10**9, main.frames("camera")
+    # Far from "now", so frames other tests streamed moments ago can't be nearer to the requested stamp.
+    base, n = time.time_ns() - 50 * 10**9, main.frames("camera")
     for k in range(5):
         main.cam.publish(base + k * 100_000_000, rgb=sample_rgb(20 + k))
     main.wait_frames("camera", n + 5)
