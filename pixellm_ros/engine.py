@@ -20,6 +20,7 @@ import torch
 
 from .model import (Generation, ImageFeatures, ImagePrefix, SamplingConfig, Target, TargetEvent, TextEvent,
                     generate_batch, load_pixellm, prefill_image, preprocess_image, stream)
+from .model.generation import run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class Engine:
             if self._image is None or self._prefix is None:
                 raise RuntimeError("no image set: call set_image() first")
             image, prefix = self._image, self._prefix
-            image_timings, self._image_timings = self._image_timings, Timings()
+            image_timings, image_s = self._take_image_timings()
             t0 = time.perf_counter()
             first_token = first_mask = 0.0
             gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel)
@@ -194,19 +195,13 @@ class Engine:
                 yield event
             self._sync()
             elapsed = time.perf_counter() - t0
-            image_s = image_timings.preprocess + image_timings.encode_image + image_timings.prefill_image
             timings = replace(image_timings, generate=elapsed, first_token=first_token + image_s,
                               first_mask=(first_mask + image_s) if first_mask else 0.0, total=elapsed + image_s)
             return self._result(question, generation, image, timings, cached=image_s == 0)
 
     def ask(self, question: str, sampling: SamplingConfig | None = None,
             cancel: threading.Event | None = None) -> Result:
-        gen = self.stream(question, sampling, cancel)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return stop.value
+        return run_to_end(self.stream(question, sampling, cancel))
 
     def ask_many(self, questions: Sequence[str], sampling: SamplingConfig | None = None) -> list[Result]:
         """Answer several questions on the current image in one batch."""
@@ -214,15 +209,19 @@ class Engine:
         with self._lock:
             if self._image is None or self._prefix is None:
                 raise RuntimeError("no image set: call set_image() first")
-            image_timings, self._image_timings = self._image_timings, Timings()
+            image_timings, image_s = self._take_image_timings()
             t0 = time.perf_counter()
             gens = generate_batch(self.model, self.tokenizer, self._image, self._prefix, questions,
                                   sampling or self.config.sampling)
             self._sync()
             elapsed = time.perf_counter() - t0
-            image_s = image_timings.preprocess + image_timings.encode_image + image_timings.prefill_image
             timings = replace(image_timings, generate=elapsed, total=elapsed + image_s)
             return [self._result(q, g, self._image, timings, cached=image_s == 0) for q, g in zip(questions, gens)]
+
+    def _take_image_timings(self) -> tuple[Timings, float]:
+        """The image stages' timings, charged to the first answer after set_image only (later: zeros)."""
+        t, self._image_timings = self._image_timings, Timings()
+        return t, t.preprocess + t.encode_image + t.prefill_image
 
     def _result(self, question: str, g: Generation, image: ImageFeatures, timings: Timings, cached: bool) -> Result:
         return Result(question=question, answer=g.answer, raw_text=g.raw_text, token_ids=g.token_ids,

@@ -256,14 +256,18 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
     return collector.result(stop, prefix.ids + tail)
 
 
-def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None) -> Generation:
-    """`stream` without the events."""
-    gen = stream(model, tokenizer, image, prefix, question, sampling, cancel)
+def run_to_end(gen: Generator):
+    """Consume a generator's events and return its return value."""
     while True:
         try:
             next(gen)
         except StopIteration as stop:
             return stop.value
+
+
+def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None) -> Generation:
+    """`stream` without the events."""
+    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel))
 
 
 @torch.no_grad()
