@@ -37,6 +37,7 @@ class SourceConfig:
     image_root: str = ""  # where muse / coco images live
     seed: int = 0  # synthetic: the stream is a function of (seed, index)
     size: int = 0  # synthetic: 0 = endless stream, N = cycle over its first N samples
+    questions_per_scene: int = 1  # synthetic: > 1 asks several questions about each scene (see synthetic.py)
     style: str = "default"  # synthetic: camera look ("default" or "dim")
     kinds: list[str] = field(default_factory=list)  # synthetic: restrict object kinds (empty = all)
 

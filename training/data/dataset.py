@@ -63,7 +63,8 @@ def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, 
 def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
     """(index -> Sample, length or None for an endless stream)."""
     if src.kind == "synthetic":
-        cfg = SyntheticConfig(style=src.style, **({"kinds": tuple(src.kinds)} if src.kinds else {}))
+        cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene,
+                              **({"kinds": tuple(src.kinds)} if src.kinds else {}))
         if src.size:
             return (lambda i: synthetic_sample(src.seed, i % src.size, cfg)), src.size
         return (lambda i: synthetic_sample(src.seed, i, cfg)), None

@@ -50,6 +50,7 @@ class SyntheticConfig:
     colors: tuple[str, ...] = tuple(COLORS)
     min_visible_fraction: float = 0.5  # objects hidden more than this are redrawn elsewhere
     style: str = "default"  # "default" or "dim" (a darker, bluish camera: a new domain look)
+    questions_per_scene: int = 1  # > 1: consecutive samples ask different questions about one scene
     question_mix: dict[str, float] = field(default_factory=lambda: {"refer": 0.45, "afford": 0.35, "color": 0.2})
 
 
@@ -152,9 +153,17 @@ def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: Syn
 
 
 def synthetic_sample(seed: int, index: int, cfg: SyntheticConfig | None = None) -> Sample:
+    """Sample `index` of the stream. With `questions_per_scene` = n > 1, samples n*k .. n*k + n - 1 ask
+    different questions about the same scene (consecutive indices land in the same batch), so a mask
+    decoder that ignores the question cannot fit them all."""
     cfg = cfg or SyntheticConfig()
-    rng = np.random.default_rng([seed, index])
-    image, objects = render_scene(rng, cfg)
+    if cfg.questions_per_scene == 1:
+        rng = np.random.default_rng([seed, index])
+        image, objects = render_scene(rng, cfg)
+    else:
+        scene, k = divmod(index, cfg.questions_per_scene)
+        image, objects = render_scene(np.random.default_rng([seed, scene]), cfg)
+        rng = np.random.default_rng([seed, scene, k + 1])
     question, answer, targets = make_question(rng, objects, cfg)
     masks = np.stack([t.mask for t in targets]) if targets else np.zeros((0, *image.shape[:2]), bool)
     return Sample(image=image, question=question, answer=answer, masks=masks,
