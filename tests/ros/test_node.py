@@ -74,9 +74,12 @@ def check_targets(result: S, height: int = 48, width: int = 64) -> None:
         assert 0.0 <= t.score <= 1.0
 
 
-def subscribe(client: Client, msg_type, topic: str, qos=RELIABLE) -> list:
+def subscribe(client: Client, msg_type, topic: str, qos=RELIABLE, wait: bool = False) -> list:
+    """Messages received on `topic`; with `wait`, returns once the node's publisher has matched."""
     got: list = []
-    client.node.create_subscription(msg_type, topic, got.append, qos)
+    sub = client.node.create_subscription(msg_type, topic, got.append, qos)
+    if wait:
+        client.spin_until(lambda: sub.get_publisher_count() > 0, f"the node's publisher of {topic}")
     return got
 
 
@@ -91,20 +94,18 @@ def segment(client: Client, rgb: np.ndarray, qid: str, text: str = "Where is the
 
 # ---------------------------------------------------------------------------------------------- tests
 def test_topic_query_answers_on_the_latest_frame(main):
-    answers = subscribe(main, String, f"{NODE}/answer")
-    labels = subscribe(main, Image, f"{NODE}/masks/label")
-    target2 = subscribe(main, Image, f"{NODE}/masks/target_2")
+    answers = subscribe(main, String, f"{NODE}/answer", wait=True)
+    labels = subscribe(main, Image, f"{NODE}/masks/label", wait=True)
+    target2 = subscribe(main, Image, f"{NODE}/masks/target_2", wait=True)
     main.cam.stream(20)
     main.wait_frames("camera", 2)
     text = "Where is the cup?"
-    for attempt in range(3):  # the first answer may come before ~/masks/target_2's subscription matched
-        n = len(main.results)
-        main.query_pub.publish(String(data=text))
-        main.spin_until(lambda: any(r.query_text == text for r in main.results[n:]), "the topic query's result")
-        result = next(r for r in main.results[n:] if r.query_text == text)
-        main.spin_until(lambda: any(m.header == result.header for m in labels) and answers, "label + answer")
-        if any(m.header == result.header for m in target2):
-            break
+    n = len(main.results)
+    main.query_pub.publish(String(data=text))
+    main.spin_until(lambda: any(r.query_text == text for r in main.results[n:]), "the topic query's result")
+    result = next(r for r in main.results[n:] if r.query_text == text)
+    main.spin_until(lambda: answers and all(any(m.header == result.header for m in got) for got in (labels, target2)),
+                    "answer, label image and target_2 mask of the result")
     main.cam.stop()
     check_targets(result)
     assert result.header in main.cam.sent and result.camera == "camera" and result.query_id.startswith("q")
