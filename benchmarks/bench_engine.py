@@ -19,7 +19,6 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pixellm_ros.model import (SamplingConfig, generate, generate_recompute, prefill_image,  # noqa: E402
                                preprocess_image)
-from pixellm_ros.model.config import CODEBOOK_SIZE, VisionConfig  # noqa: E402
+from pixellm_ros.model.config import VisionConfig  # noqa: E402
 from pixellm_ros.model.factory import (LLAMA_7B, TINY_LLM, TINY_VISION, default_corpus, make_config,  # noqa: E402
                                        random_model, train_tokenizer)
 

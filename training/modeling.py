@@ -129,8 +129,3 @@ def merge_lora(model: PixelLMForCausalLM) -> int:
             setattr(parent, name.rsplit(".", 1)[1], module.get_base_layer())
             merged += 1
     return merged
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
-

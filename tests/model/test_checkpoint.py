@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import Q_ONE, Q_THREE
-from pixellm_ros.model import (CheckpointError, PixelLMTokenizer, SamplingConfig, generate, load_pixellm,
+from pixellm_ros.model import (CheckpointError, PixelLMTokenizer, generate, load_pixellm,
                                prefill_image, save_pixellm)
 from tiny_checkpoint import ADDED_TOKENS, VISION_FOLDER
 

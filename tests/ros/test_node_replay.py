@@ -2,7 +2,6 @@
 into a fresh node and get the same answers and masks (the tiny model is greedy, hence deterministic)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message

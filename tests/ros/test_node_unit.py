@@ -6,9 +6,7 @@ import re
 import time
 import types
 from dataclasses import fields
-from pathlib import Path
 
-import numpy as np
 import pytest
 import rclpy
 import torch
