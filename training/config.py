@@ -25,6 +25,9 @@ class LossConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     overlap_weight: float = 0.0  # target refinement: extra BCE on pixels claimed by >= 2 targets (0 = off)
+    # Training-only head: each target's fused codebook prompt must name its target (the tokens of its name).
+    # For LLMs trained from scratch, whose codebook states start target-agnostic (see training/modeling.py).
+    naming_weight: float = 0.0
 
 
 @dataclass
@@ -80,6 +83,7 @@ class TrainConfig:
     eval_samples: int = 64
     eval_seed: int = 9999  # held-out synthetic stream
     num_threads: int = 0  # torch CPU threads per process (0 = torch default)
+    data_workers: int = 0  # processes rendering/loading batches ahead (0 = in the training process)
     export_dtype: str = "bfloat16"  # dtype of the exported model folder (the release ships bf16)
 
     @classmethod

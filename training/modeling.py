@@ -23,6 +23,13 @@ class TrainingModel(nn.Module):
         self.pixellm = model
         self.vision_tower = model.vision_tower  # registered here so optimizers and DDP see it
         self.loss_cfg = loss
+        # Why a naming head: a from-scratch LLM's codebook states are nearly the same for every target
+        # (they sit on the same [SEG] tokens), so the prompts differ by a few percent, the pixel decoder
+        # learns "segment every object", and from then on nothing pushes the states apart. Asking a
+        # linear probe to read the target's name off its prompt makes the prompts differ from the first
+        # steps. The head is not part of PixelLM and is not exported.
+        self.naming_head = (nn.Linear(model.config.out_dim, model.config.vocab_size)
+                            if loss.naming_weight > 0 else None)
 
     def forward(self, pixels: torch.Tensor, items: list, seg_ids: list[int]) -> dict[str, torch.Tensor]:
         """Summed loss terms and their counts for this process's batch (see `combine_losses`)."""
@@ -53,21 +60,31 @@ class TrainingModel(nn.Module):
         target = torch.stack([F.pad(lab, (0, length - lab.shape[0]), value=-100) for lab in labels])
         ce_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=-100,
                                  reduction="sum")
-        bce, dice, overlap = [], [], []
+        bce, dice, overlap, naming = [], [], [], []
         for i, (it, f) in enumerate(zip(items, feats)):
             if not seg_pos[i]:
                 continue
             states = hidden[i, torch.tensor(seg_pos[i], device=device) - 1]  # the states that produced them
-            pred = m.decode_masks(f, m.codebook_embeddings(states)).float()
+            prompts = m.codebook_embeddings(states)
+            pred = m.decode_masks(f, prompts).float()
             gt = it.masks.to(device)
             bce.append(bce_per_mask(pred, gt))
             dice.append(dice_per_mask(pred, gt))
             overlap.append(overlap_per_mask(pred, gt))
+            if self.naming_head is not None and it.target_name_ids:
+                naming.append(self._naming(prompts, it.target_name_ids))
         zero = hidden.sum() * 0
         return {"ce_sum": ce_sum, "tokens": (target[:, 1:] != -100).sum(),
                 "bce_sum": torch.cat(bce).sum() if bce else zero, "dice_sum": torch.cat(dice).sum() if dice else zero,
                 "overlap_sum": torch.cat(overlap).sum() if overlap else zero,
+                "naming_sum": torch.cat(naming).sum() if naming else zero + (
+                    self.naming_head.weight.sum() * 0 if self.naming_head is not None else 0),
                 "masks": torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
+
+    def _naming(self, prompts: torch.Tensor, names: list[list[int]]) -> torch.Tensor:
+        """(N, scales, C) prompts -> (N,) mean NLL of each target's name tokens read off each scale's prompt."""
+        logp = torch.log_softmax(self.naming_head(prompts.float()), dim=-1)  # (N, scales, V)
+        return torch.stack([-logp[j][:, ids].mean() if ids else logp[j].sum() * 0 for j, ids in enumerate(names)])
 
 
 def combine_losses(parts: dict[str, torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor, cfg: LossConfig,
@@ -79,10 +96,10 @@ def combine_losses(parts: dict[str, torch.Tensor], tokens: torch.Tensor, masks: 
     """
     tokens, masks = tokens.clamp(min=1).float(), masks.clamp(min=1).float()
     terms = {"ce": parts["ce_sum"] / tokens, "bce": parts["bce_sum"] / masks, "dice": parts["dice_sum"] / masks,
-             "overlap": parts["overlap_sum"] / masks}
+             "overlap": parts["overlap_sum"] / masks, "naming": parts["naming_sum"] / masks}
     terms = {k: v * world for k, v in terms.items()}  # the mean over processes is the global value
     loss = (cfg.ce_weight * terms["ce"] + cfg.bce_weight * terms["bce"] + cfg.dice_weight * terms["dice"]
-            + cfg.overlap_weight * terms["overlap"])
+            + cfg.overlap_weight * terms["overlap"] + cfg.naming_weight * terms["naming"])
     return {"loss": loss, **terms}
 
 

@@ -35,7 +35,7 @@ from .data.dataset import IndexedBatches, MixtureStream
 from .modeling import TrainingModel, add_lora, combine_losses, select_trainable
 
 log = logging.getLogger("training")
-METRIC_KEYS = ("loss", "ce", "bce", "dice", "overlap")
+METRIC_KEYS = ("loss", "ce", "bce", "dice", "overlap", "naming")
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -148,7 +148,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         start_step, position = state["step"], state["position"]
         log.info("resumed from %s (step %d, sample %d)", ckpt, start_step, position)
     stream = MixtureStream(cfg.data, tokenizer, model_config(model).resize_vision_tower_size, cfg.seed)
-    batches = IndexedBatches(stream, cfg.batch_size, accelerator.process_index, accelerator.num_processes, position)
+    batches = IndexedBatches(stream, cfg.batch_size, accelerator.process_index, accelerator.num_processes, position,
+                             workers=cfg.data_workers)
     seg_ids = tokenizer.seg_token_ids
     csv_path = out / "metrics.csv"
     if accelerator.is_main_process and (start_step == 0 or not csv_path.exists()):

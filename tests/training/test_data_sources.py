@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
 from training.data.labelme import CocoDataset, LabelmeDataset
@@ -279,3 +280,20 @@ def test_muse_record_without_questions_asks_per_category(muse):
     assert cats.masks.shape == (1, H, W) and "cat" in cats.answer.lower()
     with pytest.raises(DataError, match="record 3: malformed record: expected a dict"):
         ds[6]
+
+
+def test_prefetching_workers_give_the_same_batches_and_position():
+    from pixellm_ros.model.factory import tiny_random_pixellm
+    from training.config import DataConfig, SourceConfig
+    from training.data.dataset import IndexedBatches, MixtureStream
+
+    _, tok = tiny_random_pixellm(0)
+    stream = MixtureStream(DataConfig(sources=[SourceConfig(seed=3)]), tok, 224, seed=0)
+    plain = IndexedBatches(stream, batch_size=3, rank=1, world=2, start=12)
+    ahead = IndexedBatches(stream, batch_size=3, rank=1, world=2, start=12, workers=2)
+    for _ in range(3):
+        a, b = plain.next_batch(), ahead.next_batch()
+        assert [it.source for it in a["items"]] == [it.source for it in b["items"]]
+        assert torch.equal(a["pixels"], b["pixels"])
+        assert all(torch.equal(x.masks, y.masks) for x, y in zip(a["items"], b["items"]))
+    assert plain.position == ahead.position == 12 + 3 * 3 * 2

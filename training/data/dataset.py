@@ -7,7 +7,7 @@ samples r, r + W, r + 2W, ...
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -38,6 +38,7 @@ class Encoded:
     answer_ids: list[int]  # answer with codebook tokens, then EOS
     masks: torch.Tensor  # (N, H, W) float {0, 1}
     source: str
+    target_name_ids: list[list[int]] = field(default_factory=list)  # tokens of each target's name (may be empty)
 
 
 def answer_with_codebook(answer: str) -> str:
@@ -56,8 +57,10 @@ def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, 
     if sum(i in seg for i in answer) != CODEBOOK_SIZE * len(sample.masks):
         raise DataError(f"{sample.source}: answer does not tokenize to {len(sample.masks)} codebook groups")
     p = preprocess_image(sample.image, image_size)
+    names = sample.names if len(sample.names) == len(sample.masks) else []
     return Encoded(p.pixels[0], p.input_size, p.original_size, head, tail, answer,
-                   torch.from_numpy(sample.masks.astype(np.float32)), sample.source)
+                   torch.from_numpy(sample.masks.astype(np.float32)), sample.source,
+                   [tokenizer.encode(n, add_bos=False) for n in names])
 
 
 def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
@@ -119,14 +122,46 @@ def collate(items: Sequence[Encoded]) -> dict:
 
 
 class IndexedBatches:
-    """Batches for process `rank` of `world`, starting at global sample `start` (for resume)."""
+    """Batches for process `rank` of `world`, starting at global sample `start` (for resume).
 
-    def __init__(self, stream: MixtureStream, batch_size: int, rank: int = 0, world: int = 1, start: int = 0):
+    With `workers` > 0 the next batches are built ahead in worker processes (a GPU would otherwise
+    wait for the CPU to render them). Sample i is a pure function of i, so the batches are the same
+    either way, and `position` counts only the batches handed out, which is what a checkpoint needs.
+    """
+
+    def __init__(self, stream: MixtureStream, batch_size: int, rank: int = 0, world: int = 1, start: int = 0,
+                 workers: int = 0):
         self.stream, self.batch_size, self.rank, self.world, self.position = stream, batch_size, rank, world, start
+        self._loader = None
+        if workers > 0:
+            from torch.utils.data import DataLoader
+            self._loader = iter(DataLoader(_Indexed(stream), batch_sampler=self._index_lists(start),
+                                           collate_fn=collate, num_workers=workers, prefetch_factor=4,
+                                           persistent_workers=True))
+
+    def _indices(self, base: int) -> list[int]:
+        return [base + k * self.world + self.rank for k in range(self.batch_size)]
+
+    def _index_lists(self, start: int):
+        base = start
+        while True:
+            yield self._indices(base)
+            base += self.batch_size * self.world
 
     def next_batch(self) -> dict:
         """The next `batch_size` samples of this process; advances the global position by batch*world."""
-        base = self.position
-        idx = [base + k * self.world + self.rank for k in range(self.batch_size)]
+        idx = self._indices(self.position)
         self.position += self.batch_size * self.world
+        if self._loader is not None:
+            return next(self._loader)
         return collate([self.stream[i] for i in idx])
+
+
+class _Indexed:
+    """Map-style view of the stream for torch's DataLoader."""
+
+    def __init__(self, stream: MixtureStream) -> None:
+        self.stream = stream
+
+    def __getitem__(self, i: int) -> Encoded:
+        return self.stream[i]
