@@ -8,7 +8,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 OUT=${OUT:-/tmp/gpu_out2}; mkdir -p "$OUT" runs/v
 T0=$(date +%s); el() { echo "[+$(( $(date +%s) - T0 ))s] $*"; }
 el init
-$PY -m training.init_model --preset embedded --prompt-gain 1 --out runs/v/init > /dev/null || exit 1
+$PY -m training.init_model --preset embedded --out runs/v/init > /dev/null || exit 1
 el "pretrain vision tower"
 timeout $PT_TIMEOUT $PY -m training.pretrain_vision --model runs/v/init --out runs/v/pt --steps $PT_STEPS \
   --batch-size $PT_BS --workers $WORKERS --device $DEVICE 2>&1 | tr '\r' '\n' | grep -v '^pretrain vision: .*[1-9]/' | tail -3

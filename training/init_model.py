@@ -13,8 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from pixellm_ros.model import save_pixellm
 from pixellm_ros.model.config import VisionConfig
 from pixellm_ros.model.factory import LLAMA_7B, TINY_LLM, TINY_VISION, default_corpus, make_config, random_model, train_tokenizer
@@ -26,28 +24,22 @@ PRESETS = {
     "embedded": dict(llm=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
                      vision=VisionConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=12,
                                          num_attention_heads=4),
-                     image_size=224, vocab=800, prompt_gain=10.0),
+                     image_size=224, vocab=800),
     # For throughput benchmarks on a GPU: the released 7B widths (LLM 4096, vocab 32008; CLIP-L/14 at
     # 448 px) with 2 LLM and 12 CLIP layers. Not for training a useful model.
     "7b-shaped": dict(llm={**LLAMA_7B, "num_hidden_layers": 2}, vision=VisionConfig(num_hidden_layers=12),
-                      image_size=448, vocab=800, vocab_size=32008, prompt_gain=1.0),
-    "tiny": dict(llm=TINY_LLM, vision=TINY_VISION, image_size=224, vocab=300, prompt_gain=1.0),
+                      image_size=448, vocab=800, vocab_size=32008),
+    "tiny": dict(llm=TINY_LLM, vision=TINY_VISION, image_size=224, vocab=300),
 }
 
 
-def init_model(preset: str, out: str | Path, seed: int = 0, prompt_gain: float | None = None) -> Path:
+def init_model(preset: str, out: str | Path, seed: int = 0) -> Path:
     p = PRESETS[preset]
-    gain = p["prompt_gain"] if prompt_gain is None else prompt_gain
     tokenizer = train_tokenizer(domain_text() + default_corpus(), vocab_size=p["vocab"])
     config = make_config(tokenizer, p["vision"], **p["llm"])
     config.resize_vision_tower_size = p["image_size"]
     config.vocab_size = max(config.vocab_size, p.get("vocab_size", 0))  # rows past the tokenizer stay unused
     model = random_model(config, seed)
-    # The prompt a codebook group gives the pixel decoder starts as loud as the decoder's own tokens,
-    # so the decoder learns to use it before it settles on "segment everything" (see MODEL_CARD.md).
-    last = model.model.text_hidden_fcs[0][2]
-    with torch.no_grad():
-        last.weight.mul_(gain)
     return save_pixellm(model, tokenizer, out)
 
 
@@ -56,9 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="embedded", choices=sorted(PRESETS))
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-gain", type=float, default=None, help="override the preset's prompt_gain")
     args = ap.parse_args(argv)
-    path = init_model(args.preset, args.out, args.seed, args.prompt_gain)
+    path = init_model(args.preset, args.out, args.seed)
     print(json.dumps({"model": str(path)}))
     return 0
 
