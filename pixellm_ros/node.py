@@ -556,13 +556,12 @@ class PixelLMNode(LifecycleNode):
         if req.cancel.is_set():
             return self._status(req.query, S.CANCELED, "canceled before it started")
         try:
-            rgb, header, key, camera = self._pick_image(req)
+            rgb, header, key, camera, start_ns = self._pick_image(req)
         except Refused as r:
             return self._status(req.query, r.status, r.message)
         result = self._status(req.query, S.OK, "", header)
         result.camera = camera
-        start = self.get_clock().now()
-        result.image_age = Duration(nanoseconds=start.nanoseconds - stamp_ns(header)).to_msg()
+        result.image_age = Duration(nanoseconds=start_ns - stamp_ns(header)).to_msg()
         t0 = time.perf_counter()
         try:
             self._engine.set_image(rgb, key)
@@ -595,11 +594,14 @@ class PixelLMNode(LifecycleNode):
                                  if oom else f"the model failed: {type(exc).__name__}: {exc}")
         return result
 
-    def _pick_image(self, req: Request) -> tuple[np.ndarray, Header, str | None, str]:
-        """(rgb, source header, engine cache key, camera) by the request's frame policy; raises Refused."""
+    def _pick_image(self, req: Request) -> tuple[np.ndarray, Header, str | None, str, int]:
+        """(rgb, source header, engine cache key, camera, inference start in node-clock ns) by the request's
+        frame policy; raises Refused. The age limit is checked at that start, after the conversion, so no
+        answer reports an image_age above max_image_age_s."""
         cfg, q = self.cfg, req.query
         if req.image is not None:  # ~/segment with use_image: the caller's image
-            return self._convert(req.image, False), req.image.header, None, ""
+            rgb = self._convert(req.image, False)
+            return rgb, req.image.header, None, "", self.get_clock().now().nanoseconds
         camera = q.camera or cfg.cameras[0]
         cache = self._cameras.get(camera)
         topic = cfg.image_topics[cfg.cameras.index(camera)]
@@ -619,13 +621,14 @@ class PixelLMNode(LifecycleNode):
             frame = cache.latest()
             if frame is None:
                 raise Refused(S.NO_IMAGE, f"no image from camera {camera!r} yet: publish on {topic!r}")
+        rgb = self._convert(frame.msg, frame.compressed)
+        start_ns = self.get_clock().now().nanoseconds
         if q.frame_policy != Query.FRAME_STAMP or req.frame is not None:
-            age = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e9
+            age = (start_ns - frame.stamp_ns) / 1e9
             if max_age and age > max_age:
                 raise Refused(S.STALE_IMAGE, f"the frame of camera {camera!r} is {age:.2f} s old; the limit is "
                                              f"{max_age} s (max_image_age_s)")
-        rgb = self._convert(frame.msg, frame.compressed)
-        return rgb, frame.msg.header, f"{camera}/{frame.stamp_ns}/{frame.received_ns}", camera
+        return rgb, frame.msg.header, f"{camera}/{frame.stamp_ns}/{frame.received_ns}", camera, start_ns
 
     def _wait_next(self, cache: FrameCache, req: Request) -> Frame | None:
         deadline = time.monotonic() + self.cfg.next_frame_timeout_s
