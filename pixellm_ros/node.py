@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,16 @@ def resolve_adapter(adapter_dir: str, name: str) -> Path:
     root = Path(adapter_dir).expanduser().resolve()
     if ".." in Path(name).parts or Path(name).is_absolute():
         raise ValueError(f"adapter name {name!r} must be a folder name inside adapter_dir {root}, without '..'")
-    folder = (root / name).resolve()  # follows symlinks
-    if folder == root or not folder.is_relative_to(root):
-        raise ValueError(f"adapter {name!r} resolves to {folder}, outside adapter_dir {root}")
-    if not folder.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise ValueError(f"no adapter folder {name!r} in {root}; available: {known}")
+    try:
+        folder = (root / name).resolve()  # follows symlinks
+        if folder == root or not folder.is_relative_to(root):
+            raise ValueError(f"adapter {name!r} resolves to {folder}, outside adapter_dir {root}")
+        if not folder.is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise ValueError(f"no adapter folder {name!r} in {root}; available: {known}")
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop, ...: a refusal, not a crash
+        raise ValueError(f"adapter name {name!r} is not a usable folder in {root}: {type(exc).__name__}: "
+                         f"{exc}") from None
     return folder
 
 
@@ -742,6 +747,20 @@ def target_msg(target: Target, header: Header) -> TargetMask:
                       bbox=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h))
 
 
+def spin(node: PixelLMNode, executor: MultiThreadedExecutor) -> None:
+    """Spin until shutdown. A callback that raises is a bug, but on a robot one bad message must not take the
+    node down: the traceback is logged and spinning goes on (the callbacks answer their own errors; this is
+    the last line of defence)."""
+    while rclpy.ok(context=node.context):
+        try:
+            executor.spin()
+            return
+        except ExternalShutdownException:
+            raise
+        except Exception:
+            node.get_logger().error(f"a callback raised; the node keeps running:\n{traceback.format_exc()}")
+
+
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = executor = None
@@ -749,7 +768,7 @@ def main(args: list[str] | None = None) -> None:
         node = PixelLMNode()
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
-        executor.spin()
+        spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

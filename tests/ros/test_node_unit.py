@@ -60,6 +60,10 @@ def test_resolve_adapter_stays_inside_adapter_dir(tmp_path):
             resolve_adapter(str(root), name)
     with pytest.raises(ValueError, match="adapter_dir"):
         resolve_adapter("", "a")
+    (root / "loop").symlink_to(root / "loop")
+    for name in ("ü" * 300, "loop", "a\x00b"):  # too long, a symlink loop, NUL: refused (the first crashed the node)
+        with pytest.raises(ValueError):
+            resolve_adapter(str(root), name)
 
 
 def test_detections_only_with_vision_msgs():
