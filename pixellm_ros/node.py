@@ -406,7 +406,10 @@ class PixelLMNode(LifecycleNode):
             last: SegmentationResult | None = None
             answers, seen_ns, next_ns = 0, -1, 0
             while not cancel.is_set() and self._active:
-                cancel.wait(max(next_ns - time.monotonic_ns(), 0) / 1e9)
+                wait_s = (next_ns - time.monotonic_ns()) / 1e9
+                if wait_s > 0:  # in slices: a tiny rate_hz (a wait of 1e30 s) must not overflow the timer
+                    cancel.wait(min(wait_s, 0.5))
+                    continue
                 frame = cache.latest()  # the newest frame not answered yet, else wait for one
                 if frame is None or frame.received_ns <= seen_ns:
                     frame = cache.wait_next(seen_ns, 0.1)
