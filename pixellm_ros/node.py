@@ -375,6 +375,8 @@ class PixelLMNode(LifecycleNode):
         key = bytes(goal.goal_id.uuid)
         req = Request(goal.request.query, "ask", goal=goal)
         self._goal_cancels[key] = req.cancel
+        if goal.is_cancel_requested:  # canceled before this callback registered its event
+            req.cancel.set()
         try:
             standing = goal.request.rate_hz > 0
             result = self._call(req, (lambda: self._standing_query(goal, req)) if standing else None)
@@ -406,6 +408,9 @@ class PixelLMNode(LifecycleNode):
             last: SegmentationResult | None = None
             answers, seen_ns, next_ns = 0, -1, 0
             while not cancel.is_set() and self._active:
+                if goal.is_cancel_requested:  # a cancel that raced the registration of `cancel` in _on_ask
+                    cancel.set()
+                    break
                 wait_s = (next_ns - time.monotonic_ns()) / 1e9
                 if wait_s > 0:  # in slices: a tiny rate_hz (a wait of 1e30 s) must not overflow the timer
                     cancel.wait(min(wait_s, 0.5))
