@@ -54,9 +54,13 @@ from .srv import LoadAdapter, Segment
 
 NODE_NAME = "pixellm"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Question topics: a burst deeper than the reader's history loses questions silently (seen with depth 10 while
+# the worker held the GIL); 100 keeps bursts answered (BUSY beyond queue_size), each with a result.
+QUERY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 RESULT_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)  # bursts of BUSY answers fit
 IMAGE_OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_SLOP_S = 0.1  # depth frame used for an image: the nearest in stamp, at most this far away
+BUSY_LOG_PERIOD_S = 1.0  # BUSY answers are logged at most once per period, with the count of the others
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles in /diagnostics
 S = SegmentationResult
 STATUS_NAMES = {getattr(S, n): n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int)}
@@ -178,6 +182,7 @@ class PixelLMNode(LifecycleNode):
         self._stats_lock = threading.Lock()
         self._statuses: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._busy_logged_at, self._busy_unlogged = -math.inf, 0
         self._query_ids = itertools.count(1)
         self._goal_cancels: dict[bytes, threading.Event] = {}
         self._standing = 0
@@ -200,8 +205,8 @@ class PixelLMNode(LifecycleNode):
         self._detections_pub = (self.create_publisher(self._vision.Detection2DArray, "~/detections", RELIABLE)
                                 if self._vision else None)
         self._points_pub = self._centroids_pub = None
-        self.create_subscription(String, "query", self._on_query, RELIABLE, callback_group=self._group)
-        self.create_subscription(Query, "query_full", self._on_query_full, RELIABLE, callback_group=self._group)
+        self.create_subscription(String, "query", self._on_query, QUERY_QOS, callback_group=self._group)
+        self.create_subscription(Query, "query_full", self._on_query_full, QUERY_QOS, callback_group=self._group)
         self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._group)
         self.create_service(LoadAdapter, "~/load_adapter", self._on_load_adapter, callback_group=self._group)
         self._ask_server = ActionServer(
@@ -518,12 +523,21 @@ class PixelLMNode(LifecycleNode):
     def _finish(self, req: Request, result: SegmentationResult) -> SegmentationResult:
         """Count, log and publish a result on ~/result, and hand it to whoever waits for it."""
         name = STATUS_NAMES.get(result.status, str(result.status))
+        now = time.monotonic()
         with self._stats_lock:
             self._statuses[name] += 1
             if result.status == S.OK:
                 self._latencies.append((time.monotonic_ns() - req.received_ns) / 1e9)
-        if result.status != S.OK:
-            self.get_logger().warning(f"{req.source} query {req.query.id!r}: {name}: {result.status_message}")
+            # A flood of questions must not become a flood of log lines: each one costs the executor threads
+            # (rclpy inspects the caller's frame) the time the worker needs. BUSY: one line a second + a count.
+            quiet = result.status == S.BUSY and now - self._busy_logged_at < BUSY_LOG_PERIOD_S
+            busy_unlogged, self._busy_unlogged = self._busy_unlogged, (self._busy_unlogged + 1 if quiet else 0)
+            if result.status == S.BUSY and not quiet:
+                self._busy_logged_at = now
+        if result.status != S.OK and not quiet:
+            more = (f" ({busy_unlogged} more BUSY answers before this one, not logged one by one)"
+                    if result.status == S.BUSY and busy_unlogged else "")
+            self.get_logger().warning(f"{req.source} query {req.query.id!r}: {name}: {result.status_message}{more}")
         self._result_pub.publish(result)
         req.done(result)
         return result
