@@ -235,7 +235,7 @@ def run_fuzz(model: Path, workdir: Path, messages: int = 600, seed: int = 0, com
         answered_ids: dict[str, int] = {}
         seen_results = 0
         kinds, weights = zip(*KINDS.items())
-        while sum(tally.sent.values()) < messages:
+        while sum(tally.sent[k] for k in KINDS) < messages:
             now_ns = client.node.get_clock().now().nanoseconds
             for _ in range(batch):
                 kind = rng.choices(kinds, weights)[0]
