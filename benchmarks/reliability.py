@@ -54,7 +54,8 @@ def rows(f: dict) -> list[tuple[str, str, str, str]]:
         tried = (f"{fl['seconds']:.0f} s: {fl.get('frames_published')} frames {fl['image_size']} at "
                  f"{fl.get('image_hz')} Hz (node received {fl.get('node_image_hz')} Hz), {fl.get('questions')} "
                  f"questions at {fl.get('query_hz')} Hz, {fl['standing']} standing goals")
-        figs = (f"answers {fl.get('results_by_status')}; lost {fl.get('lost_answers')}; RSS "
+        figs = (f"answers {fl.get('results_by_status')}; lost {fl.get('lost_answers')} (the node counted "
+                f"{fl.get('results_counted_by_node')} results, {fl.get('results_received_here')} arrived); RSS "
                 f"{fl.get('rss_start_mb')} -> {fl.get('rss_end_mb')} MB (max {fl.get('rss_max_mb')}; growth after "
                 f"warm-up {fl.get('rss_growth_after_warmup_mb')} MB, slope {fl.get('rss_slope_mb_per_min')} MB/min); "
                 f"queue depth max {fl.get('queue_depth_max')} / {fl['queue_size']}; OK answers naming a frame not "
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     figures["fuzz"] = [run_fuzz(model, work / "fuzz_raw", messages=n, seed=11),
                        run_fuzz(model, work / "fuzz_compressed", messages=n, seed=12, compressed=True)]
     log.info("flood")
-    figures["flood"] = [dict(run_flood(model, work / "flood", seconds=8 if q else 90, image_hz=120, query_hz=60,
+    figures["flood"] = [dict(run_flood(model, work / "flood", seconds=8 if q else 60, image_hz=120, query_hz=60,
                                        standing=0, size=(240, 320)), standing=0),
                         dict(run_flood(model, work / "flood_standing", seconds=8 if q else 30, image_hz=120,
                                        query_hz=60, standing=2, size=(48, 64)), standing=2)]
