@@ -197,7 +197,7 @@ def make_adapters(model: Path, root: Path) -> Path:
 
 
 def run_fuzz(model: Path, workdir: Path, messages: int = 600, seed: int = 0, compressed: bool = False,
-             batch: int = 40, answer_timeout: float = 60.0) -> dict:
+             batch: int = 40, answer_timeout: float = 60.0, topic_timeout: float = 10.0) -> dict:
     """Send about `messages` fuzzed messages (one phase: raw or compressed camera topics); the figures."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ def run_fuzz(model: Path, workdir: Path, messages: int = 600, seed: int = 0, com
             try:
                 client.spin_until(lambda: expected_topic <= {r.query_id for r in client.results}
                                   and _string_results(client.results) >= string_queries,
-                                  "~/result for every topic question of the batch", answer_timeout)
+                                  "~/result for every topic question of the batch", topic_timeout)
             except AssertionError:  # a figure (unanswered), not the end of the run, unless the node died
                 node.check_alive()
                 got = {r.query_id for r in client.results}
