@@ -115,6 +115,15 @@ def markdown(f: dict, table: list, elapsed: float) -> str:
               "- Worker faults: CUDA / CPU out of memory and RuntimeError are injected into the model by "
               "`tests/reliability/faulty_node.py` (the real node, its queue, worker and error handling; only the "
               "model is made to fail); the too-thin image is refused by the real model.",
+              "- Open, intermittent (raw fuzz): in two of three full runs with this seed, after about 1,800 messages "
+              "with malformed CDR bytes published on `query_full`, 12-23 later valid `query_full` questions never "
+              "reached the node's callback (the node's own result count matched what arrived, its log had no line "
+              "for them); a debugging run without malformed bytes on that topic lost none. They are dropped below "
+              "rclpy (rmw_fastrtps deserialization errors, logged as 'Fast CDR exception'), where the node cannot "
+              "answer them; not fixed here. The fuzz counts them as unanswered when it happens.",
+              "- Flood figures come from a 2-core machine shared with a training run (everything here ran at nice "
+              "19): rates are what it reached, not limits of the node. In runs under heavier contention, 2 standing "
+              "goals plus 60 questions/s lost questions before the node's callbacks as well.",
               "- Trainer resume: accelerate's `load_state` reads the registered scheduler's "
               "`custom_checkpoint_0.pkl` with `weights_only=False`, so a checkpoint folder from an untrusted "
               "source can run code on `--resume`. `training/` is owned by the retraining work and is not changed "
@@ -128,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small counts (a minute or two), for trying the command")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--markdown", type=Path, default=ROOT / "RELIABILITY.md")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the markdown from --out's JSON, run nothing")
     args = ap.parse_args(argv)
+    if args.render_only:
+        figures = json.loads((args.out / "reliability.json").read_text())
+        args.markdown.write_text(markdown(figures, rows(figures), figures["elapsed_s"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
 
@@ -161,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("training kills")
     figures["training"] = run_train_kills(work / "train", kills=2 if q else 6, steps=8 if q else 16)
     figures["security"] = {**scan_loads(), "resume_pickle_runs_code": resume_pickle_probe(work / "security")}
-    elapsed = time.monotonic() - t0
+    elapsed = figures["elapsed_s"] = time.monotonic() - t0
     table = rows(figures)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reliability.json").write_text(json.dumps(figures, indent=1, default=str))
