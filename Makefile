@@ -3,8 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+RELIABILITY_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo reliability clean
 
 setup:
 	@VENV=$(VENV) scripts/setup_env.sh
@@ -14,6 +15,10 @@ test: setup
 
 demo: setup
 	$(PY) -m pixellm_ros.demo $(DEMO_ARGS)
+
+# Long fuzz / flood / fault / training-kill runs; prints a table and writes RELIABILITY.md (about 15 min on 2 cores).
+reliability: setup
+	$(PY) benchmarks/reliability.py $(RELIABILITY_ARGS)
 
 clean:
 	rm -rf build install log $(VENV) demo_out .pytest_cache *.egg-info symlink_install_manifest.txt

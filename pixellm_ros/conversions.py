@@ -120,27 +120,37 @@ def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 
 
 def _compressed_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding the pixels; None if not found."""
-    buf = data.tobytes() if data.size < 64 else data[:65536].tobytes()
-    if buf[:8] == b"\x89PNG\r\n\x1a\n" and len(buf) >= 24:
+    """(width, height) from a PNG or JPEG header without decoding the pixels; None if not found.
+
+    The JPEG walk follows segment lengths through the whole buffer (large EXIF / ICC segments may push the
+    frame header far in), reading a few bytes per segment."""
+    buf = memoryview(np.ascontiguousarray(data).reshape(-1))
+    n = len(buf)
+    if bytes(buf[:8]) == b"\x89PNG\r\n\x1a\n" and n >= 24:
         return int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
-    if buf[:2] == b"\xff\xd8":
+    if bytes(buf[:2]) == b"\xff\xd8":
         i = 2
-        while i + 9 <= len(buf):
+        while i + 9 <= n:
             if buf[i] != 0xFF:
                 return None
             marker = buf[i + 1]
+            if marker == 0xFF:  # fill byte before a marker
+                i += 1
+                continue
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
                 i += 2
                 continue
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
                 return int.from_bytes(buf[i + 7:i + 9], "big"), int.from_bytes(buf[i + 5:i + 7], "big")
+            if marker == 0xDA:  # start of scan before any frame header: malformed
+                return None
             i += 2 + int.from_bytes(buf[i + 2:i + 4], "big")
     return None
 
 
 def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a sensor_msgs/CompressedImage (PNG, JPEG or anything cv2.imdecode reads)."""
+    """(H, W, 3) uint8 RGB from a sensor_msgs/CompressedImage: PNG or JPEG, whose header gives the size, so
+    `max_pixels` is checked before anything is decoded (other formats are refused)."""
     fmt = str(getattr(msg, "format", ""))
     if "compresseddepth" in fmt.lower():
         raise ImageConversionError(f"compressed image format {fmt!r} is a depth encoding, not a color image")
@@ -148,7 +158,12 @@ def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
     if data.size == 0:
         raise ImageConversionError(f"empty compressed image (format {fmt!r})")
     size = _compressed_size(data)
-    if size is not None and size[0] * size[1] > max_pixels:
+    if size is None:
+        # Other formats (WebP, TIFF, ...) are refused: their size is only known after decoding, and a few KB of
+        # WebP decode to 800 MB, so the pixel limit must hold before cv2.imdecode allocates anything.
+        raise ImageConversionError(f"cannot decode compressed image (format {fmt!r}, {data.size} bytes): no PNG "
+                                   f"or JPEG header with the image size; send PNG or JPEG")
+    if size[0] * size[1] > max_pixels:
         raise ImageConversionError(f"compressed image {size[0]}x{size[1]} has {size[0] * size[1]} pixels; "
                                    f"the limit is {max_pixels}")
     try:

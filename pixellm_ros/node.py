@@ -17,6 +17,7 @@ import math
 import queue
 import threading
 import time
+import traceback
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,13 @@ from .srv import LoadAdapter, Segment
 
 NODE_NAME = "pixellm"
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Question topics: a burst deeper than the reader's history loses questions silently (seen with depth 10 while
+# the worker held the GIL); 100 keeps bursts answered (BUSY beyond queue_size), each with a result.
+QUERY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 RESULT_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)  # bursts of BUSY answers fit
 IMAGE_OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_SLOP_S = 0.1  # depth frame used for an image: the nearest in stamp, at most this far away
+BUSY_LOG_PERIOD_S = 1.0  # BUSY answers are logged at most once per period, with the count of the others
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles in /diagnostics
 S = SegmentationResult
 STATUS_NAMES = {getattr(S, n): n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int)}
@@ -77,12 +82,16 @@ def resolve_adapter(adapter_dir: str, name: str) -> Path:
     root = Path(adapter_dir).expanduser().resolve()
     if ".." in Path(name).parts or Path(name).is_absolute():
         raise ValueError(f"adapter name {name!r} must be a folder name inside adapter_dir {root}, without '..'")
-    folder = (root / name).resolve()  # follows symlinks
-    if folder == root or not folder.is_relative_to(root):
-        raise ValueError(f"adapter {name!r} resolves to {folder}, outside adapter_dir {root}")
-    if not folder.is_dir():
-        known = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise ValueError(f"no adapter folder {name!r} in {root}; available: {known}")
+    try:
+        folder = (root / name).resolve()  # follows symlinks
+        if folder == root or not folder.is_relative_to(root):
+            raise ValueError(f"adapter {name!r} resolves to {folder}, outside adapter_dir {root}")
+        if not folder.is_dir():
+            known = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise ValueError(f"no adapter folder {name!r} in {root}; available: {known}")
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop, ...: a refusal, not a crash
+        raise ValueError(f"adapter name {name!r} is not a usable folder in {root}: {type(exc).__name__}: "
+                         f"{exc}") from None
     return folder
 
 
@@ -173,6 +182,7 @@ class PixelLMNode(LifecycleNode):
         self._stats_lock = threading.Lock()
         self._statuses: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._busy_logged_at, self._busy_unlogged = -math.inf, 0
         self._query_ids = itertools.count(1)
         self._goal_cancels: dict[bytes, threading.Event] = {}
         self._standing = 0
@@ -195,8 +205,8 @@ class PixelLMNode(LifecycleNode):
         self._detections_pub = (self.create_publisher(self._vision.Detection2DArray, "~/detections", RELIABLE)
                                 if self._vision else None)
         self._points_pub = self._centroids_pub = None
-        self.create_subscription(String, "query", self._on_query, RELIABLE, callback_group=self._group)
-        self.create_subscription(Query, "query_full", self._on_query_full, RELIABLE, callback_group=self._group)
+        self.create_subscription(String, "query", self._on_query, QUERY_QOS, callback_group=self._group)
+        self.create_subscription(Query, "query_full", self._on_query_full, QUERY_QOS, callback_group=self._group)
         self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._group)
         self.create_service(LoadAdapter, "~/load_adapter", self._on_load_adapter, callback_group=self._group)
         self._ask_server = ActionServer(
@@ -370,6 +380,8 @@ class PixelLMNode(LifecycleNode):
         key = bytes(goal.goal_id.uuid)
         req = Request(goal.request.query, "ask", goal=goal)
         self._goal_cancels[key] = req.cancel
+        if goal.is_cancel_requested:  # canceled before this callback registered its event
+            req.cancel.set()
         try:
             standing = goal.request.rate_hz > 0
             result = self._call(req, (lambda: self._standing_query(goal, req)) if standing else None)
@@ -401,7 +413,13 @@ class PixelLMNode(LifecycleNode):
             last: SegmentationResult | None = None
             answers, seen_ns, next_ns = 0, -1, 0
             while not cancel.is_set() and self._active:
-                cancel.wait(max(next_ns - time.monotonic_ns(), 0) / 1e9)
+                if goal.is_cancel_requested:  # a cancel that raced the registration of `cancel` in _on_ask
+                    cancel.set()
+                    break
+                wait_s = (next_ns - time.monotonic_ns()) / 1e9
+                if wait_s > 0:  # in slices: a tiny rate_hz (a wait of 1e30 s) must not overflow the timer
+                    cancel.wait(min(wait_s, 0.5))
+                    continue
                 frame = cache.latest()  # the newest frame not answered yet, else wait for one
                 if frame is None or frame.received_ns <= seen_ns:
                     frame = cache.wait_next(seen_ns, 0.1)
@@ -505,12 +523,21 @@ class PixelLMNode(LifecycleNode):
     def _finish(self, req: Request, result: SegmentationResult) -> SegmentationResult:
         """Count, log and publish a result on ~/result, and hand it to whoever waits for it."""
         name = STATUS_NAMES.get(result.status, str(result.status))
+        now = time.monotonic()
         with self._stats_lock:
             self._statuses[name] += 1
             if result.status == S.OK:
                 self._latencies.append((time.monotonic_ns() - req.received_ns) / 1e9)
-        if result.status != S.OK:
-            self.get_logger().warning(f"{req.source} query {req.query.id!r}: {name}: {result.status_message}")
+            # A flood of questions must not become a flood of log lines: each one costs the executor threads
+            # (rclpy inspects the caller's frame) the time the worker needs. BUSY: one line a second + a count.
+            quiet = result.status == S.BUSY and now - self._busy_logged_at < BUSY_LOG_PERIOD_S
+            busy_unlogged, self._busy_unlogged = self._busy_unlogged, (self._busy_unlogged + 1 if quiet else 0)
+            if result.status == S.BUSY and not quiet:
+                self._busy_logged_at = now
+        if result.status != S.OK and not quiet:
+            more = (f" ({busy_unlogged} more BUSY answers before this one, not logged one by one)"
+                    if result.status == S.BUSY and busy_unlogged else "")
+            self.get_logger().warning(f"{req.source} query {req.query.id!r}: {name}: {result.status_message}{more}")
         self._result_pub.publish(result)
         req.done(result)
         return result
@@ -556,13 +583,12 @@ class PixelLMNode(LifecycleNode):
         if req.cancel.is_set():
             return self._status(req.query, S.CANCELED, "canceled before it started")
         try:
-            rgb, header, key, camera = self._pick_image(req)
+            rgb, header, key, camera, start_ns = self._pick_image(req)
         except Refused as r:
             return self._status(req.query, r.status, r.message)
         result = self._status(req.query, S.OK, "", header)
         result.camera = camera
-        start = self.get_clock().now()
-        result.image_age = Duration(nanoseconds=start.nanoseconds - stamp_ns(header)).to_msg()
+        result.image_age = Duration(nanoseconds=start_ns - stamp_ns(header)).to_msg()
         t0 = time.perf_counter()
         try:
             self._engine.set_image(rgb, key)
@@ -595,11 +621,14 @@ class PixelLMNode(LifecycleNode):
                                  if oom else f"the model failed: {type(exc).__name__}: {exc}")
         return result
 
-    def _pick_image(self, req: Request) -> tuple[np.ndarray, Header, str | None, str]:
-        """(rgb, source header, engine cache key, camera) by the request's frame policy; raises Refused."""
+    def _pick_image(self, req: Request) -> tuple[np.ndarray, Header, str | None, str, int]:
+        """(rgb, source header, engine cache key, camera, inference start in node-clock ns) by the request's
+        frame policy; raises Refused. The age limit is checked at that start, after the conversion, so no
+        answer reports an image_age above max_image_age_s."""
         cfg, q = self.cfg, req.query
         if req.image is not None:  # ~/segment with use_image: the caller's image
-            return self._convert(req.image, False), req.image.header, None, ""
+            rgb = self._convert(req.image, False)
+            return rgb, req.image.header, None, "", self.get_clock().now().nanoseconds
         camera = q.camera or cfg.cameras[0]
         cache = self._cameras.get(camera)
         topic = cfg.image_topics[cfg.cameras.index(camera)]
@@ -619,13 +648,14 @@ class PixelLMNode(LifecycleNode):
             frame = cache.latest()
             if frame is None:
                 raise Refused(S.NO_IMAGE, f"no image from camera {camera!r} yet: publish on {topic!r}")
+        rgb = self._convert(frame.msg, frame.compressed)
+        start_ns = self.get_clock().now().nanoseconds
         if q.frame_policy != Query.FRAME_STAMP or req.frame is not None:
-            age = (self.get_clock().now().nanoseconds - frame.stamp_ns) / 1e9
+            age = (start_ns - frame.stamp_ns) / 1e9
             if max_age and age > max_age:
                 raise Refused(S.STALE_IMAGE, f"the frame of camera {camera!r} is {age:.2f} s old; the limit is "
                                              f"{max_age} s (max_image_age_s)")
-        rgb = self._convert(frame.msg, frame.compressed)
-        return rgb, frame.msg.header, f"{camera}/{frame.stamp_ns}/{frame.received_ns}", camera
+        return rgb, frame.msg.header, f"{camera}/{frame.stamp_ns}/{frame.received_ns}", camera, start_ns
 
     def _wait_next(self, cache: FrameCache, req: Request) -> Frame | None:
         deadline = time.monotonic() + self.cfg.next_frame_timeout_s
@@ -739,6 +769,20 @@ def target_msg(target: Target, header: Header) -> TargetMask:
                       bbox=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h))
 
 
+def spin(node: PixelLMNode, executor: MultiThreadedExecutor) -> None:
+    """Spin until shutdown. A callback that raises is a bug, but on a robot one bad message must not take the
+    node down: the traceback is logged and spinning goes on (the callbacks answer their own errors; this is
+    the last line of defence)."""
+    while rclpy.ok(context=node.context):
+        try:
+            executor.spin()
+            return
+        except ExternalShutdownException:
+            raise
+        except Exception:
+            node.get_logger().error(f"a callback raised; the node keeps running:\n{traceback.format_exc()}")
+
+
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = executor = None
@@ -746,7 +790,7 @@ def main(args: list[str] | None = None) -> None:
         node = PixelLMNode()
         executor = MultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
-        executor.spin()
+        spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -145,6 +145,25 @@ def test_compressed_errors():
             conv.compressed_to_rgb(compressed(RGB, fmt), max_pixels=H * W - 1)
 
 
+def test_compressed_size_limit_holds_before_decoding():
+    """A 2.5 KB lossless WebP decodes to an 8000x8000 image (192 MB): formats without a size in a header we read
+    are refused before cv2 decodes them, and a JPEG frame header behind a large APP segment is still found."""
+    from sensor_msgs.msg import CompressedImage
+
+    ok, webp = cv2.imencode(".webp", np.zeros((8000, 8000, 3), np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert ok and webp.size < 10_000
+    with pytest.raises(ImageConversionError, match="send PNG or JPEG"):
+        conv.compressed_to_rgb(CompressedImage(format="webp", data=webp.tobytes()))
+    with pytest.raises(ImageConversionError, match="send PNG or JPEG"):
+        conv.compressed_to_rgb(compressed(RGB, "webp"))
+    jpeg = compressed(RGB, "jpeg").data
+    app = b"\xff\xe2" + (65535).to_bytes(2, "big") + bytes(65533)  # a full-size APP2 segment (ICC profile)
+    padded = CompressedImage(format="jpeg", data=bytes(jpeg[:2]) + app + app + bytes(jpeg[2:]))
+    with pytest.raises(ImageConversionError, match="30 pixels; the limit is 29"):
+        conv.compressed_to_rgb(padded, max_pixels=H * W - 1)
+    assert conv.compressed_to_rgb(padded).shape == (H, W, 3)
+
+
 def test_depth_16uc1_millimetres():
     mm = np.array([[0, 1000, 1500], [65535, 250, 0]], np.uint16)
     for encoding in ("16UC1", "mono16"):

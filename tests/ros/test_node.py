@@ -179,6 +179,19 @@ def test_standing_query_reanswers_until_canceled(main):
     assert len(on_topic) >= 2 and on_topic[0].header == standing[0].header
 
 
+def test_standing_query_with_a_tiny_rate_answers_then_cancels(main):
+    """rate_hz 1e-30: one answer, then a wait of 1e30 s that used to overflow the timer and abort the goal
+    (found by the fuzz); now the goal waits in slices until it is canceled."""
+    main.cam.stream(20)
+    handle, feedback = _goal(main, Query(id="tiny-rate", text="Where is the cup?"), rate_hz=1e-30)
+    main.spin_until(lambda: any(f.standing_result.query_id == "tiny-rate" for f in feedback), "a standing answer")
+    spin_future(main.executor, handle.cancel_goal_async(), "the cancel response", main.process)
+    response = spin_future(main.executor, handle.get_result_async(), "the canceled result", main.process)
+    main.cam.stop()
+    assert response.status == GoalStatus.STATUS_CANCELED, response.result.result.status_message
+    assert "after 1 answers" in response.result.result.status_message
+
+
 def test_frame_next_answers_on_a_frame_after_the_query(main):
     handle, _ = _goal(main, Query(id="next", text="Where is the cup?", frame_policy=Query.FRAME_NEXT))
     before = len(main.cam.sent)

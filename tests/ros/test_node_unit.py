@@ -60,6 +60,10 @@ def test_resolve_adapter_stays_inside_adapter_dir(tmp_path):
             resolve_adapter(str(root), name)
     with pytest.raises(ValueError, match="adapter_dir"):
         resolve_adapter("", "a")
+    (root / "loop").symlink_to(root / "loop")
+    for name in ("ü" * 300, "loop", "a\x00b"):  # too long, a symlink loop, NUL: refused (the first crashed the node)
+        with pytest.raises(ValueError):
+            resolve_adapter(str(root), name)
 
 
 def test_detections_only_with_vision_msgs():
@@ -137,3 +141,26 @@ def test_overlay_drawn_only_while_subscribed(local_node, monkeypatch):
         assert time.monotonic() < deadline, "the overlay subscription did not match"
         time.sleep(0.01)
     assert _ask(local_node, "watched").status == S.OK and drawn == [1]
+
+
+def test_no_answer_reports_an_image_age_above_the_limit(local_node, monkeypatch):
+    """The age limit is checked at the inference start, after the conversion: a frame that turns stale while it
+    is converted (here a slow conversion of a frame 0.9 s old, limit 1.0 s) is STALE_IMAGE, never an OK answer
+    with image_age above max_image_age_s."""
+    from pixellm_ros.frame_cache import Frame
+
+    limit = local_node.cfg.max_image_age_s
+    assert limit == 1.0
+    now = local_node.get_clock().now().nanoseconds
+    header = Header(frame_id="cam")
+    header.stamp.sec, header.stamp.nanosec = divmod(now - 900_000_000, 1_000_000_000)
+    local_node._cameras.get().put(Frame(image_msg(sample_rgb(2), header), now - 900_000_000, time.monotonic_ns(),
+                                        "camera"))
+    real = local_node._convert
+    monkeypatch.setattr(local_node, "_convert", lambda *a: time.sleep(0.3) or real(*a))
+    got = []
+    req = Request(Query(id="late", text="Where is the cup?"), "test", got.append)
+    local_node._finish(req, local_node._answer(req))
+    age = got[0].image_age.sec + got[0].image_age.nanosec * 1e-9
+    assert not (got[0].status == S.OK and age > limit), age
+    assert got[0].status == S.STALE_IMAGE and "max_image_age_s" in got[0].status_message
