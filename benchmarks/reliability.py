@@ -92,9 +92,14 @@ def rows(f: dict) -> list[tuple[str, str, str, str]]:
                 f"torch.load calls {se['torch_load_calls']}, without weights_only=True: {se['unsafe_loads'] or 0}; "
                 f"trust_remote_code: {se['trust_remote_code'] or 'none'}",
                 ok(not se["unsafe_loads"] and not se["trust_remote_code"])))
-    out.append(("trainer resume pickle", "a custom_checkpoint_0.pkl that runs code, read by accelerate's "
-                "load_state (the scheduler)", f"code ran: {se['resume_pickle_runs_code']} (training/ is not "
-                "changed here; see the note below)", ok(not se["resume_pickle_runs_code"])))
+    ran = se["resume_pickle_runs_code"]
+    out.append(("trainer resume pickle", f"`training.train --resume` on a real checkpoint with a code-running "
+                f"pickle in place of each of: {', '.join(ran)}", "code ran: " + ", ".join(
+                    f"{k} {'YES' if v else 'no'}" for k, v in ran.items()), ok(not any(ran.values()))))
+    dp = se["data_paths"]
+    out.append(("training data paths", f"{dp['tried']} labelme / MUSE records whose image is `..`, an absolute "
+                "path or a symlink out of the data folder", f"refused with an error naming the record: "
+                f"{dp['refused']} of {dp['tried']}", ok(dp["refused"] == dp["tried"])))
     return out
 
 
@@ -124,10 +129,9 @@ def markdown(f: dict, table: list, elapsed: float) -> str:
               "- Flood figures come from a 2-core machine shared with a training run (everything here ran at nice "
               "19): rates are what it reached, not limits of the node. In runs under heavier contention, 2 standing "
               "goals plus 60 questions/s lost questions before the node's callbacks as well.",
-              "- Trainer resume: accelerate's `load_state` reads the registered scheduler's "
-              "`custom_checkpoint_0.pkl` with `weights_only=False`, so a checkpoint folder from an untrusted "
-              "source can run code on `--resume`. `training/` is owned by the retraining work and is not changed "
-              "here; fix there (e.g. save the scheduler state in trainer_state.json and stop registering it).",
+              "- Trainer resume: accelerate unpickles registered objects (`custom_checkpoint_N.pkl`) with "
+              "`weights_only=False`; the trainer registers none (the scheduler state is in trainer_state.json), "
+              "and accelerate reads the other files with `weights_only=True`, so a planted pickle is refused.",
               ]
     return "\n".join(lines) + "\n"
 
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from flood import run_flood
     from fuzz import run_fuzz
     from node_fixtures import build_scripted_model
-    from security import resume_pickle_probe, scan_loads
+    from security import data_path_probe, resume_pickle_probe, scan_loads
     from train_faults import run_train_kills
 
     torch.set_num_threads(1)
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["faults"] = run_faults(model, work / "faults")
     log.info("training kills")
     figures["training"] = run_train_kills(work / "train", kills=2 if q else 6, steps=8 if q else 16)
-    figures["security"] = {**scan_loads(), "resume_pickle_runs_code": resume_pickle_probe(work / "security")}
+    figures["security"] = {**scan_loads(), "resume_pickle_runs_code": resume_pickle_probe(work / "security"),
+                           "data_paths": data_path_probe(work / "data_paths")}
     elapsed = figures["elapsed_s"] = time.monotonic() - t0
     table = rows(figures)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -61,8 +61,10 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(accelerator, out: Path, step: int, position: int, keep: int) -> Path:
-    """accelerate state (model, optimizer, scheduler, RNG) + our position, in a temp dir renamed at the end."""
+def save_checkpoint(accelerator, out: Path, step: int, position: int, keep: int, scheduler=None) -> Path:
+    """accelerate state (model, optimizer, RNG) + our position and scheduler state (JSON), in a temp dir
+    renamed at the end. Nothing is registered with accelerate: its custom objects are unpickled with
+    weights_only=False on resume, so a checkpoint from elsewhere could run code."""
     ckpts = out / "checkpoints"
     final = ckpts / f"step_{step:07d}"
     tmp = ckpts / f".tmp_step_{step:07d}"
@@ -73,7 +75,9 @@ def save_checkpoint(accelerator, out: Path, step: int, position: int, keep: int)
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "position": position}))
+        state = {"step": step, "position": position,
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None}
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_atomic(ckpts / "latest", final.name)
@@ -135,9 +139,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    # The scheduler stays unprepared: accelerate's wrapper steps it once per process, and our steps are global.
+    # The scheduler stays unprepared (accelerate's wrapper steps it once per process, and our steps are
+    # global) and unregistered (its state goes to trainer_state.json, see save_checkpoint).
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     start_step, position = 0, 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
@@ -146,6 +150,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
         start_step, position = state["step"], state["position"]
+        if state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
         log.info("resumed from %s (step %d, sample %d)", ckpt, start_step, position)
     stream = MixtureStream(cfg.data, tokenizer, model_config(model).resize_vision_tower_size, cfg.seed)
     batches = IndexedBatches(stream, cfg.batch_size, accelerator.process_index, accelerator.num_processes, position,
@@ -196,7 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if not all(math.isfinite(v) for v in means.values()):
                 raise FloatingPointError(f"non-finite loss at step {done}: {means}")
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            save_checkpoint(accelerator, out, done, batches.position, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, out, done, batches.position, cfg.keep_checkpoints, scheduler)
     if accelerator.is_main_process:
         plot_metrics(csv_path, out / "metrics.png")
     accelerator.wait_for_everyone()

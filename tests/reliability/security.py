@@ -40,26 +40,82 @@ class _RunsCode:
         return (open, (str(self.marker), "w"))
 
 
-def resume_pickle_probe(workdir: Path) -> bool:
-    """Does the trainer's resume path (accelerate.load_state -> load_custom_state, used for the registered
-    scheduler) run code from a checkpoint's custom_checkpoint_0.pkl? True = it does (a finding)."""
+def resume_pickle_probe(workdir: Path) -> dict:
+    """Does `training.train --resume` run code planted in a checkpoint? A real checkpoint of a 2-step run;
+    then each pickle-format file accelerate reads back (and custom_checkpoint_0.pkl, which accelerate unpickles
+    with weights_only=False for registered objects) is replaced in turn by a pickle that creates a marker
+    file when unpickled, and the run is resumed. Returns {file: code ran?}; a refused load is the safe outcome."""
+    import shutil
+    import subprocess
+    import sys
+
     import torch
-    from accelerate import PartialState
-    from accelerate.checkpointing import load_custom_state
+    import yaml
 
-    PartialState(cpu=True)
+    from training.init_model import init_model
 
+    repo = Path(__file__).resolve().parents[2]
     workdir.mkdir(parents=True, exist_ok=True)
-    marker = workdir / "resume_pickle_ran_code"
-    marker.unlink(missing_ok=True)
-    torch.save(_RunsCode(marker), workdir / "custom_checkpoint_0.pkl")
+    base = init_model("tiny", workdir / "base")
+    cfg = dict(base_model=str(base), output_dir=str(workdir / "run"), steps=2, batch_size=1, grad_accum=1,
+               warmup_steps=1, trainable=["all"], lora={"enabled": False}, save_every=2, log_every=1,
+               export_dtype="float32", num_threads=1, data={"sources": [{"kind": "synthetic", "seed": 3}]})
+    (workdir / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    env = {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
 
-    class Target:
-        def load_state_dict(self, state) -> None:
-            pass
+    def train(*extra: str) -> None:
+        subprocess.run([sys.executable, "-m", "training.train", str(workdir / "cfg.yaml"), *extra], cwd=repo,
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
 
-    try:
-        load_custom_state(Target(), workdir, 0)
-    except Exception:
-        pass
-    return marker.exists()
+    train()
+    ckpt = workdir / "run" / "checkpoints" / "step_0000002"
+    pristine = workdir / "pristine"
+    shutil.rmtree(pristine, ignore_errors=True)
+    shutil.copytree(ckpt, pristine)
+    targets = sorted({p.name for p in pristine.iterdir() if p.suffix in (".pkl", ".bin")} | {"custom_checkpoint_0.pkl"})
+    ran = {}
+    for name in targets:
+        shutil.rmtree(ckpt)
+        shutil.copytree(pristine, ckpt)
+        marker = workdir / f"ran_{name}"
+        marker.unlink(missing_ok=True)
+        torch.save(_RunsCode(marker), ckpt / name)
+        train("--resume")
+        ran[name] = marker.exists()
+    return ran
+
+
+def data_path_probe(workdir: Path) -> dict:
+    """Training records that point outside their data folder (`..`, an absolute path, a symlink out): how many
+    of the loaders' reads were refused with a DataError naming the record."""
+    import json
+
+    import cv2
+    import numpy as np
+
+    from training.data.labelme import LabelmeDataset
+    from training.data.muse import MuseDataset
+    from training.data.sample import DataError
+
+    data, outside = workdir / "data", workdir / "outside"
+    data.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(outside / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    link = data / "link.png"
+    link.unlink(missing_ok=True)
+    link.symlink_to(outside / "x.png")
+    shape = {"label": "cup", "points": [[1, 1], [5, 1], [5, 5]], "group_id": None, "shape_type": "polygon"}
+    tricks = ["../outside/x.png", str(outside / "x.png"), "link.png"]
+    for i, path in enumerate(tricks):
+        (data / f"r{i}.json").write_text(json.dumps({"shapes": [shape], "imagePath": path, "imageData": None}))
+    (workdir / "muse.json").write_text(json.dumps([{"file_name": t, "height": 8, "width": 8, "ann_list": [],
+                                                  "questions": ["Q?"], "answers": [[]]} for t in tricks]))
+    tried = refused = 0
+    for ds in (LabelmeDataset(data), MuseDataset(workdir / "muse.json", data)):
+        for i in range(len(ds)):
+            tried += 1
+            try:
+                ds[i]
+            except DataError as e:
+                refused += "outside the data folder" in str(e)
+    return {"tried": tried, "refused": refused}

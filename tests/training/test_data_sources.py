@@ -297,3 +297,24 @@ def test_prefetching_workers_give_the_same_batches_and_position():
         assert torch.equal(a["pixels"], b["pixels"])
         assert all(torch.equal(x.masks, y.masks) for x, y in zip(a["items"], b["items"]))
     assert plain.position == ahead.position == 12 + 3 * 3 * 2
+
+
+def test_records_cannot_read_images_outside_the_data_folder(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "secret"
+    data.mkdir()
+    outside.mkdir()
+    write_image(outside / "x.png")
+    (data / "link.png").symlink_to(outside / "x.png")
+    for i, image_path in enumerate(["../secret/x.png", str(outside / "x.png"), "link.png"]):
+        labelme_file(data, f"f{i}", [shape("cup", [[1, 1], [5, 1], [5, 5]])])
+        record = json.loads((data / f"f{i}.json").read_text())
+        (data / f"f{i}.json").write_text(json.dumps({**record, "imagePath": image_path}))
+    ds = LabelmeDataset(data)
+    for i in range(len(ds)):
+        with pytest.raises(DataError, match="outside the data folder"):
+            ds[i]
+    records = [{"file_name": "../secret/x.png", "height": H, "width": W, "ann_list": [], "questions": ["Q?"],
+                "answers": [[inst(rect_poly(1, 1, 5, 5))]]}]
+    (data / "muse.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match="outside the data folder"):
+        MuseDataset(data / "muse.json", data)[0]

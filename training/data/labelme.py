@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .muse import find_image, image_size, instance_mask, read_rgb, readable
-from .sample import SEG_PLACEHOLDER, DataError, Sample
+from .sample import SEG_PLACEHOLDER, DataError, Sample, confined
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class LabelmeDataset:
         image = None
         rel = data.get("imagePath")
         if rel:
-            p = (path.parent / str(rel).replace("\\", "/")).resolve()
+            p = confined(path.parent, path.parent / str(rel).replace("\\", "/"), where)
             if p.is_file():
                 image = read_rgb(p)
                 if image is None:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .sample import SEG_PLACEHOLDER, DataError, Sample
+from .sample import SEG_PLACEHOLDER, DataError, Sample, confined
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def find_image(image_root: Path, rec: dict, size: tuple[int, int], where: str) -
     file_name, url = rec.get("file_name"), rec.get("coco_url")
     if not file_name and not url:
         raise DataError(f"{where}: needs 'file_name' or 'coco_url'")
-    tried = image_candidates(image_root, file_name, url)
+    tried = [confined(image_root, p, where) for p in image_candidates(image_root, file_name, url)]
     path = next((p for p in tried if p.is_file()), None)
     if path is None:
         raise DataError(f"{where}: image {file_name or url!r} not found under {image_root} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -10,6 +11,15 @@ SEG_PLACEHOLDER = "{seg}"
 
 class DataError(ValueError):
     """A bad record; the message names its source (file and index)."""
+
+
+def confined(root: Path, path: Path, where: str) -> Path:
+    """`path` with symlinks resolved, if it lies inside `root`; a record must not read files elsewhere
+    (`..`, absolute paths or links out of the data folder)."""
+    real, base = path.resolve(), root.resolve()
+    if real != base and base not in real.parents:
+        raise DataError(f"{where}: {path} is outside the data folder {base}")
+    return real
 
 
 @dataclass
