@@ -21,7 +21,8 @@ def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
-def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes: float | None) -> Path:
+def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes: float | None,
+               hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "") -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run / "model", out)
@@ -36,9 +37,19 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes:
     params = json.loads((out / "config.json").read_text())
     samples = cfg["steps"] * cfg["batch_size"] * cfg["grad_accum"]
     met = report["gIoU"] >= 0.75 and report["target_count_accuracy"] >= 0.90
-    verdict = ("met." if met else "**not met** by this checkpoint: it names and roughly locates objects, but its "
-               "masks are coarse and often on the wrong object. Train longer (start from this folder as "
-               "`base_model`) before relying on it.")
+    verdict = ("met." if met else "**not met** by this checkpoint (see the notes below). Train longer (start from "
+               "this folder as `base_model`) before relying on it.")
+    loss = cfg["loss"]
+    terms = [f"{loss['ce_weight']} CE", f"{loss['bce_weight']} BCE", f"{loss['dice_weight']} DICE"]
+    terms += [f"{loss['overlap_weight']} target refinement"] if loss.get("overlap_weight") else []
+    terms += [f"{loss['naming_weight']} prompt naming (training-only head)"] if loss.get("naming_weight") else []
+    pre_path = Path(cfg["base_model"]) / "vision_pretraining.json"
+    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+    pre_row = (f"| vision pretraining | `training.pretrain_vision`: {pre['steps']} steps x batch {pre['batch_size']} "
+               f"synthetic scenes (seed 0), per-patch kind+color labels, {pre['seconds']:.0f} s on one H100; "
+               f"object-patch accuracy {pre['final_object_patch_accuracy']:.2f} |\n" if pre else "")
+    tower = ("pretrained (row above), then frozen" if not cfg.get("train_vision_tower") else "trained with the rest")
+    sources = cfg["data"]["sources"][0]
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -54,9 +65,9 @@ fine-tune on your own data.
 | LLM | {params['num_hidden_layers']} layers, hidden {params['hidden_size']}, {params['num_attention_heads']} heads, vocab {params['vocab_size']} (own SentencePiece BPE) |
 | vision tower | `vision_tower/` (CLIP ViT, patch 14), run at {params['resize_vision_tower_size']} px |
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
-| training data | synthetic stream, seed {cfg['data']['sources'][0].get('seed', 0)}: {samples} samples ({cfg['steps']} steps x batch {cfg['batch_size']}) |
-| training | everything trained (vision tower included), AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then linear decay, loss 1.0 CE + 2.0 BCE + 0.5 DICE + {cfg['loss']['overlap_weight']} target refinement |
-| time | {f'{train_minutes:.0f} min' if train_minutes else 'see metrics'} on 2 CPU cores (shared with other work), no GPU |
+{pre_row}| training data | synthetic stream, seed {sources.get('seed', 0)}, {sources.get('questions_per_scene', 1)} questions per scene: {samples} samples ({cfg['steps']} steps x batch {cfg['batch_size']}) |
+| training | LLM, projectors, codebook and pixel decoder trained from scratch; vision tower {tower}; AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then linear decay; loss {' + '.join(terms)} |
+| time | {f'{train_minutes:.0f} min' if train_minutes else 'see metrics'} on {hardware} |
 | final training loss | {last.get('loss', '?')} (CE {last.get('ce', '?')}, BCE {last.get('bce', '?')}, DICE {last.get('dice', '?')}) |
 
 ## Held-out metrics (synthetic stream with a seed never used in training)
@@ -71,13 +82,16 @@ Aim set for this model: gIoU >= 0.75 and target count >= 0.90: {verdict}
 ## Reproduce
 
 ```bash
-python -m training.init_model --preset {preset} --out {cfg['base_model']}
+python -m training.init_model --preset {preset} --out runs/embedded/init
+python -m training.pretrain_vision --model runs/embedded/init --out {cfg['base_model']} --steps {pre['steps'] if pre else 800} --batch-size {pre['batch_size'] if pre else 64} --device cuda --workers 14
 python -m training.train training/configs/embedded_default.yaml
 python -m training.evaluate --model {run}/model --samples {report['questions']} --seed 9999 --out {eval_dir}
 python -m training.model_card --run {run} --eval {eval_dir} --out {out}
 ```
 (`--resume` continues an interrupted run on the same curve.)
 """
+    if notes:
+        card += "\n## Notes\n\n" + notes.strip() + "\n"
     (out / "MODEL_CARD.md").write_text(card)
     return out
 
@@ -89,8 +103,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="embedded")
     ap.add_argument("--train-minutes", type=float)
+    ap.add_argument("--hardware", default="2 CPU cores (shared with other work), no GPU")
+    ap.add_argument("--notes", type=Path, help="markdown file appended as the card's Notes section")
     args = ap.parse_args(argv)
-    print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.train_minutes))
+    print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.train_minutes,
+                     args.hardware, args.notes.read_text() if args.notes else ""))
     return 0
 
 

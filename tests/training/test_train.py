@@ -173,3 +173,28 @@ def test_lora_adapter_export_matches_merged_model(base_model, tmp_path):
     engine.set_image(sample.image)
     back = engine.ask(sample.question)
     assert back.token_ids == base_answer.token_ids
+
+
+def test_naming_head_separates_prompts_and_is_not_exported(base_model):
+    """The training-only naming loss reads each target's name off its prompt's direction and trains the prompt
+    path (text_hidden_fcs, the LLM); the head is not part of PixelLM."""
+    from pixellm_ros.model import load_pixellm
+    from training.config import DataConfig, LossConfig, SourceConfig
+    from training.data.dataset import IndexedBatches, MixtureStream
+    from training.modeling import TrainingModel, combine_losses
+
+    model, tok = load_pixellm(base_model)
+    tm = TrainingModel(model, LossConfig(naming_weight=1.0)).train().requires_grad_(True)
+    stream = MixtureStream(DataConfig(sources=[SourceConfig(seed=5, questions_per_scene=4)]), tok,
+                           model.config.resize_vision_tower_size, 0)
+    batch = IndexedBatches(stream, 4).next_batch()
+    assert any(it.target_name_ids for it in batch["items"])
+    parts = tm(batch["pixels"], batch["items"], tok.seg_token_ids)
+    losses = combine_losses(parts, parts["tokens"], parts["masks"], tm.loss_cfg)
+    assert torch.isfinite(losses["naming"]) and losses["naming"] > 0
+    losses["naming"].backward()
+    assert model.model.text_hidden_fcs[0][2].weight.grad.abs().sum() > 0
+    assert tm.naming_head.weight.grad.abs().sum() > 0
+    assert not any("naming" in k for k in model.state_dict())
+    off = TrainingModel(model, LossConfig())
+    assert off.naming_head is None
