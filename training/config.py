@@ -73,6 +73,9 @@ class TrainConfig:
         "lm_head", "model.embed_tokens", "model.mask_decoder", "model.text_hidden_fcs", "model.mm_projector",
         "model.out_mm_projector"])
     train_vision_tower: bool = False
+    # Modules drawn afresh (seeded) before training, e.g. a pixel decoder that learned to ignore its prompts
+    # while they were still uninformative (see training/configs/embedded_default.yaml).
+    reinit_modules: list[str] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)

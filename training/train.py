@@ -111,6 +111,11 @@ def plot_metrics(csv_path: Path, png_path: Path) -> None:
 
 def build(cfg: TrainConfig, device):
     model, tokenizer = load_pixellm(cfg.base_model, cfg.vision_tower, device="cpu", dtype=torch.float32)
+    if cfg.reinit_modules:
+        from pixellm_ros.model.factory import init_weights
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for name in cfg.reinit_modules:
+            init_weights(model.get_submodule(name), generator=gen)
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     tm = TrainingModel(model, cfg.loss)
