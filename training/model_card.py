@@ -22,7 +22,8 @@ def folder_mb(path: Path) -> float:
 
 
 def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes: float | None,
-               hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "") -> Path:
+               hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "",
+               stage1: Path | None = None, stage1_step: int = 0) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run / "model", out)
@@ -50,6 +51,15 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes:
                f"object-patch accuracy {pre['final_object_patch_accuracy']:.2f} |\n" if pre else "")
     tower = ("pretrained (row above), then frozen" if not cfg.get("train_vision_tower") else "trained with the rest")
     sources = cfg["data"]["sources"][0]
+    stage1_row = ""
+    if stage1 is not None:
+        c1 = yaml.safe_load((stage1 / "config.yaml").read_text())
+        s1 = c1["data"]["sources"][0]
+        stage1_row = (f"| stage 1 | `training/configs/embedded_stage1.yaml`: {stage1_step} steps x batch {c1['batch_size']} "
+                      f"(synthetic seed {s1.get('seed', 0)}, {s1.get('questions_per_scene', 1)} questions per scene), "
+                      f"lr {c1['lr']} (schedule for {c1['steps']} steps, stopped and exported at step {stage1_step}) |\n")
+    reinit = cfg.get("reinit_modules") or []
+    reinit_text = f"; re-initialised first: {', '.join(reinit)}" if reinit else ""
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -65,8 +75,8 @@ fine-tune on your own data.
 | LLM | {params['num_hidden_layers']} layers, hidden {params['hidden_size']}, {params['num_attention_heads']} heads, vocab {params['vocab_size']} (own SentencePiece BPE) |
 | vision tower | `vision_tower/` (CLIP ViT, patch 14), run at {params['resize_vision_tower_size']} px |
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
-{pre_row}| training data | synthetic stream, seed {sources.get('seed', 0)}, {sources.get('questions_per_scene', 1)} questions per scene: {samples} samples ({cfg['steps']} steps x batch {cfg['batch_size']}) |
-| training | LLM, projectors, codebook and pixel decoder trained from scratch; vision tower {tower}; AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then linear decay; loss {' + '.join(terms)} |
+{pre_row}{stage1_row}| {'stage 2' if stage1_row else 'training'} data | synthetic stream, seed {sources.get('seed', 0)}, {sources.get('questions_per_scene', 1)} questions per scene: {samples} samples ({cfg['steps']} steps x batch {cfg['batch_size']}) |
+| {'stage 2' if stage1_row else 'training'} | LLM, projectors, codebook and pixel decoder trained{reinit_text}; vision tower {tower}; AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then linear decay; loss {' + '.join(terms)} |
 | time | {f'{train_minutes:.0f} min' if train_minutes else 'see metrics'} on {hardware} |
 | final training loss | {last.get('loss', '?')} (CE {last.get('ce', '?')}, BCE {last.get('bce', '?')}, DICE {last.get('dice', '?')}) |
 
@@ -83,10 +93,13 @@ Aim set for this model: gIoU >= 0.75 and target count >= 0.90: {verdict}
 
 ```bash
 python -m training.init_model --preset {preset} --out runs/embedded/init
-python -m training.pretrain_vision --model runs/embedded/init --out {cfg['base_model']} --steps {pre['steps'] if pre else 800} --batch-size {pre['batch_size'] if pre else 64} --device cuda --workers 14
+python -m training.pretrain_vision --model runs/embedded/init --out runs/embedded/init_pretrained --steps {pre['steps'] if pre else 800} --batch-size {pre['batch_size'] if pre else 64} --device cuda --workers 14
+python -m training.train training/configs/embedded_stage1.yaml        # stopped after step {stage1_step or '?'}
+python -m training.export --base runs/embedded/init_pretrained --checkpoint runs/embedded/stage1/checkpoints/step_{stage1_step:07d} --out runs/embedded/stage1_step{stage1_step} --dtype float32
+cp runs/embedded/init_pretrained/vision_pretraining.json runs/embedded/stage1_step{stage1_step}/
 python -m training.train training/configs/embedded_default.yaml
 python -m training.evaluate --model {run}/model --samples {report['questions']} --seed 9999 --out {eval_dir}
-python -m training.model_card --run {run} --eval {eval_dir} --out {out}
+python -m training.model_card --run {run} --eval {eval_dir} --out {out} --stage1-run runs/embedded/stage1 --stage1-step {stage1_step}
 ```
 (`--resume` continues an interrupted run on the same curve.)
 """
@@ -105,9 +118,11 @@ def main(argv=None) -> int:
     ap.add_argument("--train-minutes", type=float)
     ap.add_argument("--hardware", default="2 CPU cores (shared with other work), no GPU")
     ap.add_argument("--notes", type=Path, help="markdown file appended as the card's Notes section")
+    ap.add_argument("--stage1-run", type=Path, help="the stage-1 run folder, when the model was trained in stages")
+    ap.add_argument("--stage1-step", type=int, default=0, help="the stage-1 checkpoint step stage 2 started from")
     args = ap.parse_args(argv)
     print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.train_minutes,
-                     args.hardware, args.notes.read_text() if args.notes else ""))
+                     args.hardware, args.notes.read_text() if args.notes else "", args.stage1_run, args.stage1_step))
     return 0
 
 
