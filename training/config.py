@@ -82,9 +82,6 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end
-    eval_samples: int = 64
-    eval_seed: int = 9999  # held-out synthetic stream
     num_threads: int = 0  # torch CPU threads per process (0 = torch default)
     data_workers: int = 0  # processes rendering/loading batches ahead (0 = in the training process)
     export_dtype: str = "bfloat16"  # dtype of the exported model folder (the release ships bf16)
