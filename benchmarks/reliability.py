@@ -126,9 +126,11 @@ def markdown(f: dict, table: list, elapsed: float) -> str:
               "for them); a debugging run without malformed bytes on that topic lost none. They are dropped below "
               "rclpy (rmw_fastrtps deserialization errors, logged as 'Fast CDR exception'), where the node cannot "
               "answer them; not fixed here. The fuzz counts them as unanswered when it happens.",
-              "- Flood figures come from a 2-core machine shared with a training run (everything here ran at nice "
-              "19): rates are what it reached, not limits of the node. In runs under heavier contention, 2 standing "
-              "goals plus 60 questions/s lost questions before the node's callbacks as well.",
+              "- Flood, open: in some runs on this 2-core machine the node's executor stalls for 1-2 s at a time "
+              "(its image rate drops from ~119 Hz to ~10 Hz; answers report frames up to 2.5 s old as STALE_IMAGE), "
+              "and questions published meanwhile never reach its callback (DDS history overflow), so 'lost' is "
+              "non-zero; other runs of the same command lose none. Cause not found yet; the node itself answers "
+              "every question it receives exactly once (its count equals what arrives).",
               "- Trainer resume: accelerate unpickles registered objects (`custom_checkpoint_N.pkl`) with "
               "`weights_only=False`; the trainer registers none (the scheduler state is in trainer_state.json), "
               "and accelerate reads the other files with `weights_only=True`, so a planted pickle is refused.",
