@@ -126,11 +126,12 @@ def markdown(f: dict, table: list, elapsed: float) -> str:
               "for them); a debugging run without malformed bytes on that topic lost none. They are dropped below "
               "rclpy (rmw_fastrtps deserialization errors, logged as 'Fast CDR exception'), where the node cannot "
               "answer them; not fixed here. The fuzz counts them as unanswered when it happens.",
-              "- Flood, open: in some runs on this 2-core machine the node's executor stalls for 1-2 s at a time "
-              "(its image rate drops from ~119 Hz to ~10 Hz; answers report frames up to 2.5 s old as STALE_IMAGE), "
-              "and questions published meanwhile never reach its callback (DDS history overflow), so 'lost' is "
-              "non-zero; other runs of the same command lose none. Cause not found yet; the node itself answers "
-              "every question it receives exactly once (its count equals what arrives).",
+              "- Flood, open: the node's executor falls behind the 120 Hz camera (it took in 10-45 Hz of 320x240 "
+              "images in today's runs, ~119 Hz in an earlier one) and questions published meanwhile are lost below "
+              "its callback (DDS history overflow); the node answers every question it receives exactly once (its "
+              "count equals what arrives). One factor found: Fast DDS shared-memory files left in /dev/shm by "
+              "SIGKILLed ROS processes make new participants fall back to UDP (10 Hz -> 99 Hz in a 10 s run once "
+              "they were removed); with them removed before this run, 43 Hz and still losses, so not the only one.",
               "- Trainer resume: accelerate unpickles registered objects (`custom_checkpoint_N.pkl`) with "
               "`weights_only=False`; the trainer registers none (the scheduler state is in trainer_state.json), "
               "and accelerate reads the other files with `weights_only=True`, so a planted pickle is refused.",

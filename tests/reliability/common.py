@@ -7,16 +7,13 @@ and assert on the figures, benchmarks/reliability.py runs the long versions and 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node_fixtures import PARAMS, ROOT, Client, NodeProcess
+from node_fixtures import ROOT, Client, NodeProcess
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import Segment
 
@@ -29,22 +26,8 @@ class ChildNode(NodeProcess):
     """The node process of node_fixtures, optionally started from another module (faulty_node.py)."""
 
     def __init__(self, log_path: Path, module: str = "pixellm_ros.node", **params) -> None:
-        if module == "pixellm_ros.node":
-            super().__init__(log_path, **params)
-            return
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        args = []
-        for name, value in params.items():
-            if isinstance(value, bool):
-                value = str(value).lower()
-            elif isinstance(value, (list, tuple)):
-                value = "[" + ", ".join(str(v) for v in value) + "]"
-            args += ["-p", f"{name}:={value}"]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(PARAMS),
-                                      *args], cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        paths = () if module == "pixellm_ros.node" else (str(ROOT), str(HERE))
+        super().__init__(log_path, module=module, pythonpath=paths, **params)
 
     def rss_mb(self) -> float | None:
         """Resident memory of the node process (VmRSS), MB; None once it has exited."""

@@ -109,7 +109,9 @@ def image_msg(rgb: np.ndarray, header: Header, encoding: str = "rgb8") -> Image:
 class NodeProcess(Peer):
     """`python -m pixellm_ros.node --ros-args --params-file config/pixellm.yaml -p NAME:=VALUE ...`."""
 
-    def __init__(self, log_path: Path, **params) -> None:
+    def __init__(self, log_path: Path, module: str = "pixellm_ros.node", pythonpath: tuple[str, ...] = (),
+                 **params) -> None:
+        """`module` runs instead of the node's own (a launcher that wraps it); `pythonpath` is prepended."""
         self.log_path = log_path
         self._log = open(log_path, "wb")
         args = []
@@ -120,7 +122,9 @@ class NodeProcess(Peer):
                 value = "[" + ", ".join(str(v) for v in value) + "]"
             args += ["-p", f"{name}:={value}"]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pixellm_ros.node", "--ros-args", "--params-file",
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join([*pythonpath, os.environ.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file",
                                       str(PARAMS), *args], cwd=ROOT, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
 
