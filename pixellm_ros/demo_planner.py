@@ -91,7 +91,9 @@ class DemoPlanner(Node):
 
     def save_overlay(self, result: SegmentationResult, path: Path) -> str:
         masks = [mask_of(t.mask) for t in result.targets]
-        frame = self.frames.get(stamp_key(result.header.stamp))
+        key = stamp_key(result.header.stamp)
+        self.spin_until(lambda: key in self.frames, 1.0)  # our copy of the frame may still be on its way
+        frame = self.frames.get(key)
         note = ""
         if frame is not None:
             rgb = image_to_rgb(frame)
