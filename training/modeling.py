@@ -82,8 +82,7 @@ class TrainingModel(nn.Module):
         return {"ce_sum": ce_sum, "tokens": (target[:, 1:] != -100).sum(),
                 "bce_sum": torch.cat(bce).sum() if bce else zero, "dice_sum": torch.cat(dice).sum() if dice else zero,
                 "overlap_sum": torch.cat(overlap).sum() if overlap else zero,
-                "naming_sum": torch.cat(naming).sum() if naming else zero + (
-                    self.naming_head.weight.sum() * 0 if self.naming_head is not None else 0),
+                "naming_sum": torch.cat(naming).sum() if naming else zero,
                 "masks": torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
 
     def _naming(self, prompts: torch.Tensor, names: list[list[int]]) -> torch.Tensor:

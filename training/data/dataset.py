@@ -152,7 +152,7 @@ class IndexedBatches:
         """The next `batch_size` samples of this process; advances the global position by batch*world."""
         idx = self._indices(self.position)
         self.position += self.batch_size * self.world
-        if self._loader is not None:
+        if self._loader is not None:  # the loader's sampler yields the same index lists
             return next(self._loader)
         return collate([self.stream[i] for i in idx])
 
