@@ -70,9 +70,11 @@ def rows(f: dict) -> list[tuple[str, str, str, str]]:
     load = "; ".join(f"{k}: refused at {v['failed_at']}, {v['state_after']}, answers {v['answer']} "
                      f"(\"{v['error'][:70]}...\")" for k, v in fa.get("load", {}).items())
     out.append(("model load faults", f"{len(fa.get('load', {}))} broken model folders through configure/activate",
-                f"{load}; pickle code ran: {fa.get('pickle_code_ran')}; then the good model: "
+                f"{load}; pickle code ran: {fa.get('pickle_code_ran')}; launch-only model_root / adapter_dir "
+                f"changed at run time: {fa.get('launch_only_params_changed')}; then the good model: "
                 f"{'recovered, OK' if fa.get('load_recovered') else 'NOT recovered'}",
                 ok(fa.get("load_recovered", False) and not fa.get("pickle_code_ran", True)
+                   and fa.get("launch_only_params_changed", ["?"]) == []
                    and all(v["failed_at"] in ("configure", "activate") for v in fa.get("load", {}).values()))))
     worker = "; ".join(f"{k}: {v['answer']}, next {v['next_answer']}" for k, v in fa.get("worker", {}).items())
     out.append(("worker faults", f"{len(fa.get('worker', {}))} injected / real faults", worker + f"; adapter "

@@ -49,10 +49,11 @@ from .model import Target, TargetEvent, TextEvent
 from .model.tokenizer import IMAGE_PLACEHOLDER
 from .msg import Query, SegmentationResult, TargetMask
 from .overlay import draw_overlay
-from .params import ConfigError, NodeConfig, configure, load_defaults
+from .params import ConfigError, NodeConfig, configure, load_defaults, model_root_of
 from .srv import LoadAdapter, Segment
 
 NODE_NAME = "pixellm"
+LAUNCH_ONLY_PARAMS = ("model_root", "adapter_dir")  # read-only once the node runs (see __init__)
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Question topics: a burst deeper than the reader's history loses questions silently (seen with depth 10 while
 # the worker held the GIL); 100 keeps bursts answered (BUSY beyond queue_size), each with a result.
@@ -166,7 +167,11 @@ class PixelLMNode(LifecycleNode):
         self._defaults = load_defaults()
         for name, default in self._defaults.items():
             self.declare_parameter(name, default, ParameterDescriptor(
-                description="see config/pixellm.yaml", dynamic_typing=True))
+                description="see config/pixellm.yaml", dynamic_typing=True, read_only=name in LAUNCH_ONLY_PARAMS))
+        # Where models and adapters may come from is fixed by whoever launches the node: a parameter set
+        # over the graph can switch models inside these folders, never point the node elsewhere.
+        self._model_root = model_root_of(str(self.get_parameter("model_root").value),
+                                         str(self.get_parameter("model_path").value))
         self.cfg: NodeConfig | None = None
         self._engine_cfg: EngineConfig | None = None
         self._engine: Engine | None = None
@@ -233,7 +238,7 @@ class PixelLMNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             values = {name: self.get_parameter(name).value for name in self._defaults}
-            self.cfg, self._engine_cfg = configure(values, self._defaults)
+            self.cfg, self._engine_cfg = configure(values, self._defaults, self._model_root)
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE

@@ -18,8 +18,9 @@ from .engine import EngineConfig
 from .model import SamplingConfig
 
 PARAMS_FILE = "pixellm.yaml"
-# Parameters that only go to the EngineConfig; every other parameter is a NodeConfig field.
-ENGINE_PARAMS = ("model_path", "vision_tower", "device", "dtype", "quantization", "max_new_tokens", "num_threads")
+# Parameters of the model and where it may come from; every other parameter is a NodeConfig field.
+ENGINE_PARAMS = ("model_path", "model_root", "vision_tower", "device", "dtype", "quantization", "max_new_tokens",
+                 "num_threads")
 FRAME_POLICIES = ("latest", "next")  # for std_msgs/String queries (Query messages carry their own policy)
 QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -101,8 +102,21 @@ def _typed(name: str, value: Any, default: Any, problems: list[str]) -> Any:
     return value
 
 
-def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None) -> tuple[NodeConfig, EngineConfig]:
-    """Check parameter values (types, ranges, paths) and build both configs. Raises ConfigError."""
+def model_root_of(model_root: str, model_path: str) -> Path:
+    """The folder models may be loaded from: `model_root`, or the one holding `model_path` when it is ""."""
+    return Path(model_root).expanduser().resolve() if model_root else Path(model_path).expanduser().resolve().parent
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root)  # resolve() follows symlinks: a link out of root is refused
+
+
+def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
+              model_root: Path | None = None) -> tuple[NodeConfig, EngineConfig]:
+    """Check parameter values (types, ranges, paths) and build both configs. Raises ConfigError.
+
+    `model_root`: the folder pinned at start-up (the node passes it so that a model_path set at run time
+    cannot move it); None derives it from `values`."""
     defaults = load_defaults() if defaults is None else defaults
     problems: list[str] = []
     v = {name: _typed(name, values.get(name, default), default, problems) for name, default in defaults.items()}
@@ -129,11 +143,15 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None) ->
           f"image_topics must name one topic per camera: {len(cameras)} cameras {list(cameras)}, "
           f"{len(topics)} topics {list(topics)}")
     model = Path(v["model_path"]).expanduser()
+    root = model_root_of(v["model_root"], v["model_path"]) if model_root is None else model_root
     check(model.is_dir() and (model / "config.json").is_file(),
           f"model_path {str(model)!r} (resolved {model.resolve()}) is not a model folder with config.json: "
           f"set the model_path parameter")
+    check(_inside(model, root), f"model_path {str(model)!r} resolves to {model.resolve()}, outside model_root {root}")
     if v["vision_tower"]:
-        check(Path(v["vision_tower"]).expanduser().is_dir(), f"vision_tower {v['vision_tower']!r} is not a folder")
+        tower = Path(v["vision_tower"]).expanduser()
+        check(tower.is_dir(), f"vision_tower {v['vision_tower']!r} is not a folder")
+        check(_inside(tower, root), f"vision_tower {str(tower)!r} resolves to {tower.resolve()}, outside model_root {root}")
     if v["adapter_dir"]:
         check(Path(v["adapter_dir"]).expanduser().is_dir(), f"adapter_dir {v['adapter_dir']!r} is not a folder")
     if problems:

@@ -43,6 +43,7 @@ class SourceConfig:
     questions_per_scene: int = 1  # synthetic: > 1 asks several questions about each scene (see synthetic.py)
     style: str = "default"  # synthetic: camera look ("default" or "dim")
     kinds: list[str] = field(default_factory=list)  # synthetic: restrict object kinds (empty = all)
+    question_mix: dict[str, float] = field(default_factory=dict)  # synthetic: refer/afford/color ratios (empty = default)
 
 
 @dataclass

@@ -48,6 +48,11 @@ def bad_models(good: Path, root: Path) -> dict[str, Path]:
         out[name] = folder
         return folder
 
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "link_out_of_model_root"  # a symlink inside model_root to a model outside it
+    link.unlink(missing_ok=True)
+    link.symlink_to(good.resolve(), target_is_directory=True)
+    out["symlink out of model_root"] = link
     (copy("no weights") / "model.safetensors").unlink()
     (copy("bad config.json") / "config.json").write_text("{ this is not json")
     folder = copy("wrong shapes")
@@ -73,8 +78,12 @@ def run_faults(model: Path, workdir: Path) -> dict:
         data = (adapters / "broken" / "adapter_model.safetensors").read_bytes()
         (adapters / "broken" / "adapter_model.safetensors").write_bytes(data[:100])
     node, client = start(workdir / "faults_node.log", module="faulty_node", autostart=False,
-                         model_path=models["missing folder"], max_new_tokens=9, adapter_dir=adapters,
+                         model_path=models["missing folder"], model_root=workdir / "bad_models", max_new_tokens=9,
+                         adapter_dir=adapters,
                          max_image_age_s=0.0)
+    good = workdir / "bad_models" / "good"  # the node may only load models inside model_root
+    shutil.rmtree(good, ignore_errors=True)
+    shutil.copytree(model, good)
     figures: dict = {"load": {}, "worker": {}}
     try:
         change = client.node.create_client(ChangeState, f"{NODE}/change_state")
@@ -88,11 +97,14 @@ def run_faults(model: Path, workdir: Path) -> dict:
             return client.call(change, ChangeState.Request(transition=Transition(id=tid)), f"transition {tid}",
                                timeout=90).success
 
-        def set_model(path: Path) -> None:
+        def set_param(name: str, path: Path) -> bool:
             value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
-            result = client.call(set_params, SetParameters.Request(parameters=[Parameter(name="model_path",
-                                                                                         value=value)]), "set")
-            assert result.results[0].successful
+            result = client.call(set_params, SetParameters.Request(parameters=[Parameter(name=name, value=value)]),
+                                 f"set {name}")
+            return result.results[0].successful
+
+        def set_model(path: Path) -> None:
+            assert set_param("model_path", path)
 
         def segment(qid: str, text: str = "Where is the cup?", rgb=None) -> S:
             image = image_msg(sample_rgb(1) if rgb is None else rgb, Header(frame_id="given"))
@@ -115,9 +127,11 @@ def run_faults(model: Path, workdir: Path) -> dict:
                 "answer": STATUS_NAMES[segment(f"load-{len(figures['load'])}").status],
                 "error": lines[0].split("]: ", 1)[-1][:160] if lines else ""}
         figures["pickle_code_ran"] = (workdir / "bad_models" / MARKER).exists()
+        figures["launch_only_params_changed"] = [name for name in ("model_root", "adapter_dir")
+                                                 if set_param(name, Path("/"))]
         if state() == "inactive":
             transition(Transition.TRANSITION_CLEANUP)
-        set_model(model)
+        set_model(good)
         recovered = transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
         first = segment("after-load-faults")
         figures["load_recovered"] = recovered and first.status == S.OK

@@ -59,6 +59,8 @@ def test_faults(scripted_model: Path, tmp_path: Path):
         assert case["failed_at"] in ("configure", "activate") and case["answer"] == "NOT_READY", (name, case)
         assert case["state_after"] in ("unconfigured", "inactive") and case["error"], (name, case)
     assert figures["load_recovered"] and not figures["pickle_code_ran"], figures
+    assert figures["launch_only_params_changed"] == [], figures
+    assert figures["load"]["symlink out of model_root"]["failed_at"] == "configure", figures
     assert "UnpicklingError" in figures["load"]["pickle that runs code"]["error"] or \
         "weights_only" in figures["load"]["pickle that runs code"]["error"], figures
     for name, case in figures["worker"].items():

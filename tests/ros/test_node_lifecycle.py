@@ -2,6 +2,9 @@
 fails on a missing model and succeeds after the parameter is fixed; and the busy queue and goal cancel."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import State, Transition
@@ -25,7 +28,8 @@ def segment(client: Client, qid: str) -> S:
 
 
 def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model, tmp_path):
-    client = start_node(autostart=False, model_path=tmp_path / "missing", max_new_tokens=32)
+    root = scripted_model.parent  # model_root: the launch-time folder models may come from
+    client = start_node(autostart=False, model_path=root / "missing", model_root=root, max_new_tokens=32)
     change = client.node.create_client(ChangeState, f"{NODE}/change_state")
     get = client.node.create_client(GetState, f"{NODE}/get_state")
     set_params = client.node.create_client(SetParameters, f"{NODE}/set_parameters")
@@ -42,10 +46,24 @@ def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model
     assert not transition(Transition.TRANSITION_CONFIGURE)  # the model folder does not exist
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert "model_path" in client.process.log()
-    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(scripted_model))
-    response = client.call(set_params, SetParameters.Request(parameters=[Parameter(name="model_path", value=value)]),
-                           "set_parameters")
-    assert response.results[0].successful
+    def set_param(name: str, path: Path) -> bool:
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
+        response = client.call(set_params, SetParameters.Request(parameters=[Parameter(name=name, value=value)]),
+                               "set_parameters")
+        return response.results[0].successful
+
+    assert not set_param("model_root", tmp_path) and not set_param("adapter_dir", tmp_path)  # launch-time only
+    outside = tmp_path / "model"  # a real model folder, outside model_root
+    shutil.copytree(scripted_model, outside)
+    assert set_param("model_path", outside) and not transition(Transition.TRANSITION_CONFIGURE)
+    assert "outside model_root" in client.process.log()
+    link = root / f"link_{tmp_path.name}"  # inside model_root, but a symlink to the folder outside
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        assert set_param("model_path", link) and not transition(Transition.TRANSITION_CONFIGURE)
+    finally:
+        link.unlink()
+    assert set_param("model_path", scripted_model)
     assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
     not_ready = segment(client, "inactive")
     assert not_ready.status == S.NOT_READY and "inactive" in not_ready.status_message

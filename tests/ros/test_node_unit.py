@@ -3,6 +3,7 @@ vision_msgs guard, model errors (CUDA OOM included) and the lazy overlay, on an 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import types
 from dataclasses import fields
@@ -43,6 +44,20 @@ def test_configure_maps_and_reports_every_problem(scripted_model, tmp_path):
         assert words in str(err.value)
     with pytest.raises(ConfigError, match="max_image_age_s: expected float"):
         configure({"max_image_age_s": "soon"})
+
+
+def test_model_paths_stay_inside_model_root(scripted_model, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(scripted_model, root / "good")
+    (root / "link_out").symlink_to(scripted_model, target_is_directory=True)
+    values = {**load_defaults(), "model_path": str(root / "good")}
+    assert configure(values)[1].model_path == str(root / "good")  # model_root "" = the start-up model's folder
+    assert configure({**values, "vision_tower": str(root / "good" / "vision_tower")}, model_root=root.resolve())
+    for name, path in (("model_path", root / "link_out"), ("model_path", root / ".." / "models" / ".." / "x"),
+                       ("model_path", scripted_model), ("vision_tower", scripted_model / "vision_tower")):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        with pytest.raises(ConfigError, match=f"{name} .* outside model_root"):
+            configure({**values, name: str(path)}, model_root=root.resolve())
 
 
 def test_resolve_adapter_stays_inside_adapter_dir(tmp_path):

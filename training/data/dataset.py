@@ -67,7 +67,8 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
     """(index -> Sample, length or None for an endless stream)."""
     if src.kind == "synthetic":
         cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene,
-                              **({"kinds": tuple(src.kinds)} if src.kinds else {}))
+                              **({"kinds": tuple(src.kinds)} if src.kinds else {}),
+                              **({"question_mix": dict(src.question_mix)} if src.question_mix else {}))
         if src.size:
             return (lambda i: synthetic_sample(src.seed, i % src.size, cfg)), src.size
         return (lambda i: synthetic_sample(src.seed, i, cfg)), None

@@ -53,6 +53,11 @@ class SyntheticConfig:
     questions_per_scene: int = 1  # > 1: consecutive samples ask different questions about one scene
     question_mix: dict[str, float] = field(default_factory=lambda: {"refer": 0.45, "afford": 0.35, "color": 0.2})
 
+    def __post_init__(self) -> None:
+        unknown = set(self.question_mix) - {"refer", "afford", "color"}
+        if unknown or not self.question_mix or min(self.question_mix.values()) < 0 or sum(self.question_mix.values()) <= 0:
+            raise ValueError(f"question_mix must weigh refer / afford / color with non-negative ratios, got {self.question_mix}")
+
 
 def _draw(kind: str, canvas: np.ndarray, cx: int, cy: int, s: float, color, rng: np.random.Generator) -> None:
     """Draw one object's silhouette (value 1 on `canvas` when color is None, else the color)."""
