@@ -14,13 +14,10 @@ from pathlib import Path
 
 import torch
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import Header, String
 
 from common import STATUS_NAMES, log, log_problems, start, stop
-from node_fixtures import NODE, build_adapter, image_msg, sample_rgb
+from node_fixtures import Lifecycle, build_adapter, image_msg, sample_rgb
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import LoadAdapter, Segment
 
@@ -86,22 +83,9 @@ def run_faults(model: Path, workdir: Path) -> dict:
     shutil.copytree(model, good)
     figures: dict = {"load": {}, "worker": {}}
     try:
-        change = client.node.create_client(ChangeState, f"{NODE}/change_state")
-        get = client.node.create_client(GetState, f"{NODE}/get_state")
-        set_params = client.node.create_client(SetParameters, f"{NODE}/set_parameters")
-
-        def state() -> str:
-            return client.call(get, GetState.Request(), "get_state").current_state.label
-
-        def transition(tid: int) -> bool:
-            return client.call(change, ChangeState.Request(transition=Transition(id=tid)), f"transition {tid}",
-                               timeout=90).success
-
-        def set_param(name: str, path: Path) -> bool:
-            value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
-            result = client.call(set_params, SetParameters.Request(parameters=[Parameter(name=name, value=value)]),
-                                 f"set {name}")
-            return result.results[0].successful
+        lifecycle = Lifecycle(client)
+        state = lambda: lifecycle.state().label  # noqa: E731
+        transition, set_param = lifecycle.transition, lifecycle.set_string
 
         def set_model(path: Path) -> None:
             assert set_param("model_path", path)

@@ -20,6 +20,10 @@ import pytest
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -183,6 +187,30 @@ class Camera:
         if self._timer is not None:
             self.client.node.destroy_timer(self._timer)
             self._timer = None
+
+
+class Lifecycle:
+    """The node's ~/get_state, ~/change_state and ~/set_parameters, called from a test Client."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self._get = client.node.create_client(GetState, f"{NODE}/get_state")
+        self._change = client.node.create_client(ChangeState, f"{NODE}/change_state")
+        self._set = client.node.create_client(SetParameters, f"{NODE}/set_parameters")
+
+    def state(self) -> State:
+        return self.client.call(self._get, GetState.Request(), "get_state").current_state
+
+    def transition(self, transition_id: int, timeout: float = 90.0) -> bool:
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return self.client.call(self._change, request, f"transition {transition_id}", timeout=timeout).success
+
+    def set_string(self, name: str, value: str | Path) -> bool:
+        """Set a string parameter; False when the node refuses (e.g. a read-only one)."""
+        parameter = Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                             string_value=str(value)))
+        request = SetParameters.Request(parameters=[parameter])
+        return self.client.call(self._set, request, f"set {name}").results[0].successful
 
 
 class Client:

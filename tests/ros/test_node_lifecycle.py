@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import State, Transition
-from lifecycle_msgs.srv import ChangeState, GetState
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import Header
 
-from node_fixtures import NODE, Camera, Client, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
+from node_fixtures import NODE, Camera, Client, Lifecycle, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import Segment
@@ -30,28 +27,15 @@ def segment(client: Client, qid: str) -> S:
 def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model, tmp_path):
     root = scripted_model.parent  # model_root: the launch-time folder models may come from
     client = start_node(autostart=False, model_path=root / "missing", model_root=root, max_new_tokens=32)
-    change = client.node.create_client(ChangeState, f"{NODE}/change_state")
-    get = client.node.create_client(GetState, f"{NODE}/get_state")
-    set_params = client.node.create_client(SetParameters, f"{NODE}/set_parameters")
-
-    def state() -> int:
-        return client.call(get, GetState.Request(), "get_state").current_state.id
-
-    def transition(tid: int) -> bool:
-        return client.call(change, ChangeState.Request(transition=Transition(id=tid)), f"transition {tid}",
-                           timeout=60).success
+    lifecycle = Lifecycle(client)
+    state = lambda: lifecycle.state().id  # noqa: E731
+    transition, set_param = lifecycle.transition, lifecycle.set_string
 
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert segment(client, "early").status == S.NOT_READY
     assert not transition(Transition.TRANSITION_CONFIGURE)  # the model folder does not exist
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert "model_path" in client.process.log()
-    def set_param(name: str, path: Path) -> bool:
-        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
-        response = client.call(set_params, SetParameters.Request(parameters=[Parameter(name=name, value=value)]),
-                               "set_parameters")
-        return response.results[0].successful
-
     assert not set_param("model_root", tmp_path) and not set_param("adapter_dir", tmp_path)  # launch-time only
     outside = tmp_path / "model"  # a real model folder, outside model_root
     shutil.copytree(scripted_model, outside)
