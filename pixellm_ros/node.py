@@ -323,7 +323,7 @@ class PixelLMNode(LifecycleNode):
         while self._queue is not None and not self._queue.empty():  # left over: answer, never drop
             self._refuse_queued(self._queue.get_nowait())
         self._free_engine()
-        if was_active:
+        if was_active and self._context_ok():  # (after Ctrl-C the logger can no longer reach /rosout)
             self.get_logger().info("stopped serving")
 
     def _free_engine(self) -> None:
@@ -392,12 +392,16 @@ class PixelLMNode(LifecycleNode):
             result = self._call(req, (lambda: self._standing_query(goal, req)) if standing else None)
         finally:
             self._goal_cancels.pop(key, None)
-        if result.status == S.OK:
-            goal.succeed()
-        elif result.status == S.CANCELED and goal.is_cancel_requested:
-            goal.canceled()
-        else:
-            goal.abort()
+        try:
+            if result.status == S.OK:
+                goal.succeed()
+            elif result.status == S.CANCELED and goal.is_cancel_requested:
+                goal.canceled()
+            else:
+                goal.abort()
+        except Exception:
+            if self._context_ok():
+                raise  # (else: shutting down; the goal's status can no longer be published)
         return Ask.Result(result=result)
 
     def _standing_query(self, goal: ServerGoalHandle, first: Request) -> SegmentationResult:
@@ -543,9 +547,16 @@ class PixelLMNode(LifecycleNode):
             more = (f" ({busy_unlogged} more BUSY answers before this one, not logged one by one)"
                     if result.status == S.BUSY and busy_unlogged else "")
             self.get_logger().warning(f"{req.source} query {req.query.id!r}: {name}: {result.status_message}{more}")
-        self._result_pub.publish(result)
-        req.done(result)
+        req.done(result)  # the waiting caller first: at shutdown the context may already refuse to publish
+        try:
+            self._result_pub.publish(result)
+        except Exception:
+            if self._context_ok():
+                raise
         return result
+
+    def _context_ok(self) -> bool:
+        return rclpy.ok(context=self.context)
 
     # --------------------------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -560,11 +571,15 @@ class PixelLMNode(LifecycleNode):
                 else:
                     self._finish(item, self._answer(item))
             except Exception as exc:  # a bug in the node itself: answer, log, keep serving
-                self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
-                if isinstance(item, Request):
-                    self._finish(item, self._status(item.query, S.MODEL_ERROR, f"internal error: {exc}"))
-                else:
-                    item.done(LoadAdapter.Response(success=False, message=f"internal error: {exc}"))
+                if self._context_ok():  # (else: shutting down, publishing fails; the caller is answered below)
+                    self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
+                try:
+                    if isinstance(item, Request):
+                        self._finish(item, self._status(item.query, S.MODEL_ERROR, f"internal error: {exc}"))
+                    else:
+                        item.done(LoadAdapter.Response(success=False, message=f"internal error: {exc}"))
+                except Exception as again:  # never let the worker die with a caller left waiting
+                    self.get_logger().error(f"internal error while answering: {type(again).__name__}: {again}")
 
     def _swap_adapter(self, item: AdapterRequest) -> LoadAdapter.Response:
         response = LoadAdapter.Response()

@@ -3,6 +3,7 @@ fails on a missing model and succeeds after the parameter is fixed; and the busy
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import State, Transition
 from std_msgs.msg import Header
 
-from node_fixtures import NODE, Camera, Client, Lifecycle, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
+from node_fixtures import NODE, Camera, Client, Lifecycle, NodeProcess, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import Segment
@@ -97,3 +98,26 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     assert result.status == S.CANCELED and "canceled" in result.status_message
     assert result.answer.startswith(feedback[1].partial_answer) and len(result.targets) < 9
     assert segment(client, "after-cancel").status == S.OK
+
+
+def test_ctrl_c_during_a_standing_goal_exits_cleanly(tmp_path, scripted_model):
+    """SIGINT shuts the context down under a running standing goal: the node must still exit (0, no traceback)
+    instead of hanging on a caller the worker could no longer answer (it used to, until killed)."""
+    node = NodeProcess(tmp_path / "node.log", model_path=scripted_model, max_new_tokens=9, num_threads=1)
+    client = Client(node)
+    try:
+        cam = Camera(client, "image", "camera_optical")
+        client.wait_connected(cam.pub)
+        assert client.ask.wait_for_server(timeout_sec=30)
+        feedback = []
+        client.ask.send_goal_async(Ask.Goal(query=Query(id="standing", text="Where is the cup?"), rate_hz=20.0),
+                                   feedback_callback=feedback.append)
+        deadline = time.monotonic() + 60
+        while len(feedback) < 2 and time.monotonic() < deadline:
+            cam.publish()
+            client.executor.spin_once(timeout_sec=0.05)
+        assert len(feedback) >= 2, "the standing goal never answered"
+    finally:
+        client.close()
+    assert node.stop(timeout=20) == 0  # (stop() kills it after the timeout: -9)
+    assert "Traceback" not in node.log(), node.log()
