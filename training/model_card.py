@@ -1,10 +1,12 @@
 """Package a finished run as a shippable model folder with its model card.
 
-    python -m training.model_card --run runs/embedded --eval runs/embedded/eval --out models/pixellm_tabletop
+    python -m training.model_card --stages runs/embedded/stage1:600 runs/embedded/stage2 runs/embedded/stage3 \
+        --run runs/embedded/stage4 --eval runs/embedded/eval --out models/pixellm_tabletop
 
-Copies the run's exported model (safetensors, own vision tower and tokenizer), its loss plot and the
-held-out evaluation (report + example grid), and writes MODEL_CARD.md: data, steps, time, the exact
-commands that reproduce it, and the held-out metrics.
+Copies the final run's exported model (safetensors, own vision tower and tokenizer), its loss plot and the
+held-out evaluation (report + example grid), and writes MODEL_CARD.md: data, steps and time of every stage,
+the exact commands that reproduce it, and the held-out metrics. `--stages` lists the earlier runs in order;
+`RUN:STEP` marks a run whose checkpoint at STEP (not its end) was exported and trained on.
 """
 from __future__ import annotations
 
@@ -12,18 +14,92 @@ import argparse
 import csv
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+AIM_GIOU, AIM_COUNT = 0.75, 0.90
+
+
+@dataclass
+class Stage:
+    run: Path
+    config: dict
+    config_file: str  # training/configs/<name>.yaml whose output_dir is this run, else the run's copy
+    stopped_at: int = 0  # 0 = ran to its last step
+
+    @classmethod
+    def parse(cls, spec: str) -> "Stage":
+        run, _, step = spec.partition(":")
+        run_dir = Path(run)
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        outputs = {Path(cfg["output_dir"]), run_dir}  # (a run folder may have been moved since it ran)
+        match = next((f"training/configs/{p.name}" for p in sorted(CONFIGS.glob("*.yaml"))
+                      if Path((yaml.safe_load(p.read_text()) or {}).get("output_dir", "")) in outputs),
+                     str(run_dir / "config.yaml"))
+        return cls(run_dir, cfg, match, int(step or 0))
+
+    @property
+    def steps(self) -> int:
+        return self.stopped_at or self.config["steps"]
+
+    def minutes(self) -> float:
+        """Training time from metrics.csv (samples/s of each logged interval, up to the steps used)."""
+        rows = [r for r in csv.DictReader((self.run / "metrics.csv").open()) if int(r["step"]) <= self.steps]
+        batch = self.config["batch_size"] * self.config["grad_accum"]
+        seconds, prev = 0.0, 0
+        for r in rows:
+            step = int(r["step"])
+            seconds += (step - prev) * batch / max(float(r["samples_per_s"]), 1e-9)
+            prev = step
+        return seconds / 60
+
+    def row(self, k: int) -> str:
+        c, src = self.config, self.config["data"]["sources"][0]
+        loss = c["loss"]
+        terms = [f"{loss['ce_weight']} CE", f"{loss['bce_weight']} BCE", f"{loss['dice_weight']} DICE"]
+        terms += [f"{loss['overlap_weight']} target refinement"] if loss.get("overlap_weight") else []
+        terms += [f"{loss['naming_weight']} prompt naming (training-only head)"] if loss.get("naming_weight") else []
+        mix = src.get("question_mix") or {}
+        data = (f"synthetic seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
+                + (f", question mix {mix}" if mix else ""))
+        stop = f" (schedule for {c['steps']} steps, stopped and exported at step {self.stopped_at})" if self.stopped_at else ""
+        reinit = f"; re-initialised first: {', '.join(c['reinit_modules'])}" if c.get("reinit_modules") else ""
+        return (f"| stage {k} | `{self.config_file}`: {self.steps} steps x batch {c['batch_size']} ({data}); "
+                f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{reinit}; {self.minutes():.0f} min |\n")
 
 
 def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
-def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes: float | None,
+def reproduce(stages: list[Stage], final: Stage, eval_dir: Path, out: Path, questions: int, pre: dict | None,
+              preset: str) -> str:
+    lines = [f"python -m training.init_model --preset {preset} --out runs/embedded/init"]
+    if pre:
+        lines.append(f"python -m training.pretrain_vision --model runs/embedded/init --out runs/embedded/init_pretrained "
+                     f"--steps {pre['steps']} --batch-size {pre['batch_size']} --device cuda --workers 14")
+    for s in stages + [final]:
+        lines.append(f"python -m training.train {s.config_file}" + (f"        # stopped after step {s.stopped_at}"
+                                                                     if s.stopped_at else ""))
+        if s.stopped_at:  # the next stage starts from an export of that checkpoint
+            base, target = s.config["base_model"], f"{s.run}_step{s.stopped_at}"
+            lines.append(f"python -m training.export --base {base} --checkpoint {s.run}/checkpoints/"
+                         f"step_{s.stopped_at:07d} --out {target} --dtype float32")
+            lines.append(f"cp {base}/vision_pretraining.json {target}/")
+    specs = " ".join(f"{s.run}" + (f":{s.stopped_at}" if s.stopped_at else "") for s in stages)
+    lines.append(f"python -m training.evaluate --model {final.run}/model --samples {questions} --seed 9999 --out {eval_dir}")
+    lines.append(f"python -m training.model_card --stages {specs} --run {final.run} --eval {eval_dir} --out {out}")
+    return "\n".join(lines)
+
+
+def write_card(run: Path, eval_dir: Path, out: Path, preset: str = "embedded",
                hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "",
-               stage1: Path | None = None, stage1_step: int = 0) -> Path:
+               stages: list[str] | None = None) -> Path:
+    final = Stage.parse(str(run))
+    earlier = [Stage.parse(s) for s in stages or []]
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run / "model", out)
@@ -31,35 +107,21 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str, train_minutes:
                       (eval_dir / "report.json", "heldout_report.json")):
         if src.is_file():
             shutil.copy(src, out / name)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
     report = json.loads((eval_dir / "report.json").read_text())
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     last = rows[-1] if rows else {}
     params = json.loads((out / "config.json").read_text())
-    samples = cfg["steps"] * cfg["batch_size"] * cfg["grad_accum"]
-    met = report["gIoU"] >= 0.75 and report["target_count_accuracy"] >= 0.90
+    met = report["gIoU"] >= AIM_GIOU and report["target_count_accuracy"] >= AIM_COUNT
     verdict = ("met." if met else "**not met** by this checkpoint (see the notes below). Train longer (start from "
                "this folder as `base_model`) before relying on it.")
-    loss = cfg["loss"]
-    terms = [f"{loss['ce_weight']} CE", f"{loss['bce_weight']} BCE", f"{loss['dice_weight']} DICE"]
-    terms += [f"{loss['overlap_weight']} target refinement"] if loss.get("overlap_weight") else []
-    terms += [f"{loss['naming_weight']} prompt naming (training-only head)"] if loss.get("naming_weight") else []
-    pre_path = Path(cfg["base_model"]) / "vision_pretraining.json"
+    first_base = Path((earlier[0] if earlier else final).config["base_model"])
+    pre_path = first_base / "vision_pretraining.json"
     pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
     pre_row = (f"| vision pretraining | `training.pretrain_vision`: {pre['steps']} steps x batch {pre['batch_size']} "
                f"synthetic scenes (seed 0), per-patch kind+color labels, {pre['seconds']:.0f} s on one H100; "
-               f"object-patch accuracy {pre['final_object_patch_accuracy']:.2f} |\n" if pre else "")
-    tower = ("pretrained (row above), then frozen" if not cfg.get("train_vision_tower") else "trained with the rest")
-    sources = cfg["data"]["sources"][0]
-    stage1_row = ""
-    if stage1 is not None:
-        c1 = yaml.safe_load((stage1 / "config.yaml").read_text())
-        s1 = c1["data"]["sources"][0]
-        stage1_row = (f"| stage 1 | `training/configs/embedded_stage1.yaml`: {stage1_step} steps x batch {c1['batch_size']} "
-                      f"(synthetic seed {s1.get('seed', 0)}, {s1.get('questions_per_scene', 1)} questions per scene), "
-                      f"lr {c1['lr']} (schedule for {c1['steps']} steps, stopped and exported at step {stage1_step}) |\n")
-    reinit = cfg.get("reinit_modules") or []
-    reinit_text = f"; re-initialised first: {', '.join(reinit)}" if reinit else ""
+               f"object-patch accuracy {pre['final_object_patch_accuracy']:.2f}; then frozen |\n" if pre else "")
+    stage_rows = "".join(s.row(k) for k, s in enumerate(earlier + [final], start=1))
+    total = sum(s.minutes() for s in earlier + [final])
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -75,9 +137,8 @@ fine-tune on your own data.
 | LLM | {params['num_hidden_layers']} layers, hidden {params['hidden_size']}, {params['num_attention_heads']} heads, vocab {params['vocab_size']} (own SentencePiece BPE) |
 | vision tower | `vision_tower/` (CLIP ViT, patch 14), run at {params['resize_vision_tower_size']} px |
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
-{pre_row}{stage1_row}| {'stage 2' if stage1_row else 'training'} data | synthetic stream, seed {sources.get('seed', 0)}, {sources.get('questions_per_scene', 1)} questions per scene: {samples} samples ({cfg['steps']} steps x batch {cfg['batch_size']}) |
-| {'stage 2' if stage1_row else 'training'} | LLM, projectors, codebook and pixel decoder trained{reinit_text}; vision tower {tower}; AdamW lr {cfg['lr']}, {cfg['warmup_steps']} warm-up steps then linear decay; loss {' + '.join(terms)} |
-| time | {f'{train_minutes:.0f} min' if train_minutes else 'see metrics'} on {hardware} |
+{pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen; AdamW, warm-up then linear decay; batches of fresh synthetic scenes (each sample seen once) |
+| time | {total:.0f} min of training on {hardware} (from the runs' metrics.csv) |
 | final training loss | {last.get('loss', '?')} (CE {last.get('ce', '?')}, BCE {last.get('bce', '?')}, DICE {last.get('dice', '?')}) |
 
 ## Held-out metrics (synthetic stream with a seed never used in training)
@@ -86,20 +147,13 @@ fine-tune on your own data.
 |---|---|---|---|
 | {report['questions']} | {report['gIoU']:.3f} | {report['cIoU']:.3f} | {report['target_count_accuracy']:.3f} |
 
-Aim set for this model: gIoU >= 0.75 and target count >= 0.90: {verdict}
-`heldout_examples.png`: predicted (left) vs true (right) masks; `training_curves.png`: the loss curves.
+Aim set for this model: gIoU >= {AIM_GIOU} and target count >= {AIM_COUNT}: {verdict}
+`heldout_examples.png`: predicted (left) vs true (right) masks; `training_curves.png`: the last stage's loss curves.
 
 ## Reproduce
 
 ```bash
-python -m training.init_model --preset {preset} --out runs/embedded/init
-python -m training.pretrain_vision --model runs/embedded/init --out runs/embedded/init_pretrained --steps {pre['steps'] if pre else 800} --batch-size {pre['batch_size'] if pre else 64} --device cuda --workers 14
-python -m training.train training/configs/embedded_stage1.yaml        # stopped after step {stage1_step or '?'}
-python -m training.export --base runs/embedded/init_pretrained --checkpoint runs/embedded/stage1/checkpoints/step_{stage1_step:07d} --out runs/embedded/stage1_step{stage1_step} --dtype float32
-cp runs/embedded/init_pretrained/vision_pretraining.json runs/embedded/stage1_step{stage1_step}/
-python -m training.train training/configs/embedded_default.yaml
-python -m training.evaluate --model {run}/model --samples {report['questions']} --seed 9999 --out {eval_dir}
-python -m training.model_card --run {run} --eval {eval_dir} --out {out} --stage1-run runs/embedded/stage1 --stage1-step {stage1_step}
+{reproduce(earlier, final, eval_dir, out, report['questions'], pre, preset)}
 ```
 (`--resume` continues an interrupted run on the same curve.)
 """
@@ -111,18 +165,16 @@ python -m training.model_card --run {run} --eval {eval_dir} --out {out} --stage1
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", required=True, help="the last stage's run folder (its model/ is shipped)")
     ap.add_argument("--eval", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--stages", nargs="*", default=[], help="earlier stages' run folders in order, RUN[:STEP]")
     ap.add_argument("--preset", default="embedded")
-    ap.add_argument("--train-minutes", type=float)
     ap.add_argument("--hardware", default="2 CPU cores (shared with other work), no GPU")
     ap.add_argument("--notes", type=Path, help="markdown file appended as the card's Notes section")
-    ap.add_argument("--stage1-run", type=Path, help="the stage-1 run folder, when the model was trained in stages")
-    ap.add_argument("--stage1-step", type=int, default=0, help="the stage-1 checkpoint step stage 2 started from")
     args = ap.parse_args(argv)
-    print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.train_minutes,
-                     args.hardware, args.notes.read_text() if args.notes else "", args.stage1_run, args.stage1_step))
+    print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.hardware,
+                     args.notes.read_text() if args.notes else "", args.stages))
     return 0
 
 
