@@ -15,7 +15,8 @@ def _run(root, name, base, steps, **extra):
     (run / "model" / "config.json").write_text(json.dumps(
         {"num_hidden_layers": 3, "hidden_size": 192, "num_attention_heads": 4, "vocab_size": 808,
          "resize_vision_tower_size": 224, "torch_dtype": "bfloat16"}))
-    cfg = TrainConfig.from_dict({"base_model": str(base), "output_dir": str(run), "steps": steps, "batch_size": 8, **extra}).to_dict()
+    cfg = TrainConfig.from_dict({"base_model": str(base), "output_dir": str(run), "steps": steps, "batch_size": 8, "grad_accum": 1,
+                                **extra}).to_dict()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = "".join(f"{s},0.001,8.0,1.0,0.1,0.1,0.1,0,0\n" for s in range(10, steps + 1, 10))
     (run / "metrics.csv").write_text("step,lr,samples_per_s,loss,ce,bce,dice,overlap,naming\n" + rows)
