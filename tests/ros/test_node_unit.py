@@ -53,9 +53,9 @@ def test_model_paths_stay_inside_model_root(scripted_model, tmp_path):
     values = {**load_defaults(), "model_path": str(root / "good")}
     assert configure(values)[1].model_path == str(root / "good")  # model_root "" = the start-up model's folder
     assert configure({**values, "vision_tower": str(root / "good" / "vision_tower")}, model_root=root.resolve())
+    (tmp_path / "x").mkdir()  # `..` out of the root into an existing folder
     for name, path in (("model_path", root / "link_out"), ("model_path", root / ".." / "models" / ".." / "x"),
                        ("model_path", scripted_model), ("vision_tower", scripted_model / "vision_tower")):
-        (tmp_path / "x").mkdir(exist_ok=True)
         with pytest.raises(ConfigError, match=f"{name} .* outside model_root"):
             configure({**values, name: str(path)}, model_root=root.resolve())
 
