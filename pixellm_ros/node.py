@@ -44,6 +44,7 @@ from .action import Ask
 from .conversions import (ImageConversionError, backproject, centroid, compressed_to_rgb, depth_to_meters,
                           image_to_rgb, label_to_msg, mask_to_msg, points_to_cloud, rgb_to_msg)
 from .engine import Engine, EngineConfig, Result
+from .executor import PoolAwareMultiThreadedExecutor
 from .frame_cache import CameraSet, Frame, FrameCache
 from .model import Target, TargetEvent, TextEvent
 from .model.tokenizer import IMAGE_PLACEHOLDER
@@ -808,7 +809,7 @@ def main(args: list[str] | None = None) -> None:
     node = executor = None
     try:
         node = PixelLMNode()
-        executor = MultiThreadedExecutor(num_threads=node.executor_threads)
+        executor = PoolAwareMultiThreadedExecutor(num_threads=node.executor_threads)
         executor.add_node(node)
         spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):

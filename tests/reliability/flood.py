@@ -148,6 +148,7 @@ def run_flood(model: Path, workdir: Path, seconds: float = 8.0, image_hz: float 
             node_image_hz=round((frames_after - frames_before) / elapsed, 1),
             questions=len(asked), query_hz=round(len(asked) / elapsed, 1), results_by_status=dict(tally.statuses),
             lost_answers=sum(1 for q in asked if q not in by_id),
+            lost_ids=[q for q in asked if q not in by_id][:20],  # the first few, to see when losses began
             results_counted_by_node=handled, results_received_here=len(client.results),
             answered_twice=sum(1 for q in asked if len(by_id.get(q, [])) > 1),
             ok_answers=len(ages), ok_not_naming_a_sent_frame=no_frame + wrong_frame,
