@@ -57,18 +57,24 @@ class Stage:
         return seconds / 60
 
     def row(self, k: int) -> str:
-        c, src = self.config, self.config["data"]["sources"][0]
+        c = self.config
         loss = c["loss"]
         terms = [f"{loss['ce_weight']} CE", f"{loss['bce_weight']} BCE", f"{loss['dice_weight']} DICE"]
         terms += [f"{loss['overlap_weight']} target refinement"] if loss.get("overlap_weight") else []
         terms += [f"{loss['naming_weight']} prompt naming (training-only head)"] if loss.get("naming_weight") else []
-        mix = src.get("question_mix") or {}
-        data = (f"synthetic seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
-                + (f", question mix {mix}" if mix else ""))
+        data = "; ".join(_source_text(s) for s in self.config["data"]["sources"])
         stop = f" (schedule for {c['steps']} steps, stopped and exported at step {self.stopped_at})" if self.stopped_at else ""
         reinit = f"; re-initialised first: {', '.join(c['reinit_modules'])}" if c.get("reinit_modules") else ""
         return (f"| stage {k} | `{self.config_file}`: {self.steps} steps x batch {c['batch_size']} ({data}); "
                 f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{reinit}; {self.minutes():.0f} min |\n")
+
+
+def _source_text(src: dict) -> str:
+    mix = src.get("question_mix") or {}
+    share = f"{src.get('ratio', 1.0):g} of the mix: " if src.get("ratio", 1.0) != 1.0 else ""
+    return (f"{share}synthetic seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
+            + (f", question mix {mix}" if mix else "")
+            + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else ""))
 
 
 def folder_mb(path: Path) -> float:

@@ -31,3 +31,21 @@ def test_several_questions_per_scene_share_the_image():
     assert not np.array_equal(group[0].image, group[4].image)
     questions = {(s.question, s.answer) for s in group[:4]}
     assert len(questions) > 1  # the same scene is asked different things
+
+
+def test_objects_per_scene_range_is_honoured_and_validated():
+    import pytest
+
+    from training.config import SourceConfig
+    from training.data.dataset import source_reader
+
+    read, _ = source_reader(SourceConfig(seed=2, objects=[4, 5], question_mix={"color": 1}))
+    counts = [len(render_scene(np.random.default_rng([2, i]), SyntheticConfig(min_objects=4, max_objects=5))[1])
+              for i in range(30)]
+    assert max(counts) == 5 and np.mean(counts) > 3.5  # (objects hidden under others are dropped)
+    expected = synthetic_sample(2, 3, SyntheticConfig(min_objects=4, max_objects=5, question_mix={"color": 1}))
+    assert np.array_equal(read(3).image, expected.image) and read(3).question == expected.question
+    with pytest.raises(ValueError, match="min <= max"):
+        SyntheticConfig(min_objects=3, max_objects=2)
+    with pytest.raises(ValueError, match=r"\[min, max\]"):
+        source_reader(SourceConfig(objects=[3]))

@@ -66,9 +66,12 @@ def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, 
 def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
     """(index -> Sample, length or None for an endless stream)."""
     if src.kind == "synthetic":
+        if src.objects and len(src.objects) != 2:
+            raise ValueError(f"synthetic source: objects must be [min, max], got {src.objects}")
         cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene,
                               **({"kinds": tuple(src.kinds)} if src.kinds else {}),
-                              **({"question_mix": dict(src.question_mix)} if src.question_mix else {}))
+                              **({"question_mix": dict(src.question_mix)} if src.question_mix else {}),
+                              **(dict(zip(("min_objects", "max_objects"), src.objects)) if src.objects else {}))
         if src.size:
             return (lambda i: synthetic_sample(src.seed, i % src.size, cfg)), src.size
         return (lambda i: synthetic_sample(src.seed, i, cfg)), None

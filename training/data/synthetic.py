@@ -57,6 +57,8 @@ class SyntheticConfig:
         unknown = set(self.question_mix) - {"refer", "afford", "color"}
         if unknown or not self.question_mix or min(self.question_mix.values()) < 0 or sum(self.question_mix.values()) <= 0:
             raise ValueError(f"question_mix must weigh refer / afford / color with non-negative ratios, got {self.question_mix}")
+        if not 1 <= self.min_objects <= self.max_objects <= 8:
+            raise ValueError(f"objects per scene must satisfy 1 <= min <= max <= 8, got {self.min_objects}..{self.max_objects}")
 
 
 def _draw(kind: str, canvas: np.ndarray, cx: int, cy: int, s: float, color, rng: np.random.Generator) -> None:
