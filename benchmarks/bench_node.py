@@ -80,6 +80,7 @@ class Client:
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
+        from pixellm_ros.executor import NO_EVENT_HANDLERS
         from pixellm_ros.srv import Segment
 
         rclpy.init()
@@ -88,7 +89,8 @@ class Client:
         self.client = self.node.create_client(Segment, SERVICE)
         self.image_pub = self.node.create_publisher(Image, "image", qos_profile_sensor_data)
         self.diagnostics: dict[str, str] = {}
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10,
+                                      event_callbacks=NO_EVENT_HANDLERS)  # see pixellm_ros/executor.py
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:

@@ -30,6 +30,7 @@ from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import Segment
 
 from .conversions import ImageConversionError, image_to_rgb
+from .executor import NO_EVENT_HANDLERS
 from .overlay import draw_overlay
 
 QUESTIONS = ["Which objects could hold water?", "Where is the red cup?", "Segment all the blue objects.",
@@ -58,7 +59,8 @@ class DemoPlanner(Node):
         self.keep_frames = int(self.declare_parameter("keep_frames", 60).value)
         self.client = self.create_client(Segment, self.service)
         self.frames: OrderedDict[tuple[int, int], Image] = OrderedDict()  # header stamp -> camera frame
-        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
+        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
+                                 event_callbacks=NO_EVENT_HANDLERS)  # a camera stream: see executor.py
 
     def _on_image(self, msg: Image) -> None:
         self.frames[stamp_key(msg.header.stamp)] = msg

@@ -1,19 +1,31 @@
-"""A MultiThreadedExecutor that does not re-submit work already waiting in its thread pool.
+"""Executor set-up for busy topics: a MultiThreadedExecutor that does not re-submit work already waiting in
+its thread pool, and subscriptions without QoS event handlers.
 
 rclpy's MultiThreadedExecutor (as shipped with Kilted; rclpy issue #1452, fixed upstream by PR #1547) yields
 every task that is neither executing nor done before it waits for new work. A task submitted to the pool but
 not yet started is such a task, so each spin submits it again and returns at once instead of waiting. Under a
-fast camera a short backlog therefore feeds itself: the spinning thread holds the GIL submitting thousands of
-copies (measured: 700-4,000 queued), the pool threads crawl through no-op copies, the node takes in ~15 of 120
-images per second and questions overflow their reader history. Here a task is hidden from the executor's task
-list while it waits in the pool and shown again when a pool thread starts it.
+fast camera a short backlog feeds itself: the spinning thread holds the GIL submitting no-op copies (measured
+on the node under a 120 Hz camera: 700-4,000 queued at once) and the pool threads crawl through them. Here a
+task is hidden from the executor's task list while it waits in the pool and shown again when a pool thread
+starts it.
+
+Subscriptions on busy topics get no QoS event handlers (NO_EVENT_HANDLERS). rclpy's default ones (incompatible
+QoS / type) add the reader's status condition to every wait, and with Fast DDS that makes the wait return over
+and over with nothing ready while messages stream in: a Python busy loop holding the GIL. Measured on the node
+under a 120 Hz camera and 40 Hz questions: 3,000-4,000 such wake-ups a second, then 0 without them (~330 useful
+ones a second remain). This busy loop, not the camera rate, is what let some runs sink to ~15 images/s taken in
+and lose questions from full reader histories. The publishing side still logs incompatible QoS in its own
+process.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import (ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
                              ShutdownException, TimeoutException)
+
+NO_EVENT_HANDLERS = SubscriptionEventCallbacks(use_default_callbacks=False)
 
 
 class PoolAwareMultiThreadedExecutor(MultiThreadedExecutor):

@@ -34,6 +34,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -44,7 +45,7 @@ from .action import Ask
 from .conversions import (ImageConversionError, backproject, centroid, compressed_to_rgb, depth_to_meters,
                           image_to_rgb, label_to_msg, mask_to_msg, points_to_cloud, rgb_to_msg)
 from .engine import Engine, EngineConfig, Result
-from .executor import PoolAwareMultiThreadedExecutor
+from .executor import NO_EVENT_HANDLERS, PoolAwareMultiThreadedExecutor
 from .frame_cache import CameraSet, Frame, FrameCache
 from .model import Target, TargetEvent, TextEvent
 from .model.tokenizer import IMAGE_PLACEHOLDER
@@ -211,8 +212,10 @@ class PixelLMNode(LifecycleNode):
         self._detections_pub = (self.create_publisher(self._vision.Detection2DArray, "~/detections", RELIABLE)
                                 if self._vision else None)
         self._points_pub = self._centroids_pub = None
-        self.create_subscription(String, "query", self._on_query, QUERY_QOS, callback_group=self._group)
-        self.create_subscription(Query, "query_full", self._on_query_full, QUERY_QOS, callback_group=self._group)
+        self.create_subscription(String, "query", self._on_query, QUERY_QOS, callback_group=self._group,
+                                 event_callbacks=NO_EVENT_HANDLERS)
+        self.create_subscription(Query, "query_full", self._on_query_full, QUERY_QOS, callback_group=self._group,
+                                 event_callbacks=NO_EVENT_HANDLERS)
         self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._group)
         self.create_service(LoadAdapter, "~/load_adapter", self._on_load_adapter, callback_group=self._group)
         self._ask_server = ActionServer(
@@ -250,16 +253,18 @@ class PixelLMNode(LifecycleNode):
             msg_type, topic = (CompressedImage, topic + "/compressed") if cfg.use_compressed else (Image, topic)
             self._subscriptions_cfg.append(self.create_subscription(
                 msg_type, topic, self._image_callback(camera, cache, cfg.use_compressed), qos_profile_sensor_data,
-                callback_group=self._group))
+                callback_group=self._group, event_callbacks=NO_EVENT_HANDLERS))
         for k in range(len(self._target_pubs) + 1, cfg.max_target_topics + 1):  # made up front: no late discovery
             self._target_pubs[k] = self.create_publisher(Image, f"~/masks/target_{k}", IMAGE_OUT_QOS)
         if cfg.use_depth:
             self._depth = FrameCache(cfg.ring_size)
             self._subscriptions_cfg += [
                 self.create_subscription(Image, cfg.depth_topic, self._image_callback("depth", self._depth, False),
-                                         qos_profile_sensor_data, callback_group=self._group),
+                                         qos_profile_sensor_data, callback_group=self._group,
+                                         event_callbacks=NO_EVENT_HANDLERS),
                 self.create_subscription(CameraInfo, cfg.camera_info_topic, self._on_camera_info,
-                                         qos_profile_sensor_data, callback_group=self._group)]
+                                         qos_profile_sensor_data, callback_group=self._group,
+                                         event_callbacks=NO_EVENT_HANDLERS)]
             self._points_pub = self._points_pub or self.create_publisher(PointCloud2, "~/points", IMAGE_OUT_QOS)
             self._centroids_pub = self._centroids_pub or self.create_publisher(PoseArray, "~/centroids", RELIABLE)
         if self._diag_timer.timer_period_ns != int(cfg.diagnostics_period_s * 1e9):
@@ -422,7 +427,7 @@ class PixelLMNode(LifecycleNode):
             period_ns = int(1e9 / goal.request.rate_hz)
             last: SegmentationResult | None = None
             answers, seen_ns, next_ns = 0, -1, 0
-            while not cancel.is_set() and self._active:
+            while not cancel.is_set() and self._active and self._context_ok():
                 if goal.is_cancel_requested:  # a cancel that raced the registration of `cancel` in _on_ask
                     cancel.set()
                     break
@@ -448,7 +453,8 @@ class PixelLMNode(LifecycleNode):
                 if result.status == S.CANCELED:
                     break
                 last, answers = result, answers + (result.status == S.OK)
-                goal.publish_feedback(Ask.Feedback(partial_answer=result.answer, standing_result=result))
+                if not self._feedback(goal, Ask.Feedback(partial_answer=result.answer, standing_result=result)):
+                    break  # shutting down
             final = last or self._status(query, S.CANCELED, "")
             final.status = S.CANCELED if goal.is_cancel_requested else S.NOT_READY
             final.status_message = (f"standing query canceled after {answers} answers" if goal.is_cancel_requested
@@ -558,6 +564,17 @@ class PixelLMNode(LifecycleNode):
 
     def _context_ok(self) -> bool:
         return rclpy.ok(context=self.context)
+
+    def _feedback(self, goal: ServerGoalHandle, feedback: Ask.Feedback) -> bool:
+        """Publish goal feedback; False once Ctrl-C shut the context down (the publisher is gone by then: not a
+        model error, and nothing to report)."""
+        try:
+            goal.publish_feedback(feedback)
+            return True
+        except _rclpy.RCLError:
+            if self._context_ok():
+                raise
+            return False
 
     # --------------------------------------------------------------------------------- worker
     def _work(self) -> None:
@@ -708,11 +725,11 @@ class PixelLMNode(LifecycleNode):
             if isinstance(event, TextEvent):
                 text = event.text
                 if req.goal is not None:
-                    req.goal.publish_feedback(Ask.Feedback(partial_answer=text))
+                    self._feedback(req.goal, Ask.Feedback(partial_answer=text))
             elif isinstance(event, TargetEvent):
                 targets.append(target_msg(event.target, header))
                 if req.goal is not None:
-                    req.goal.publish_feedback(Ask.Feedback(partial_answer=text, new_targets=[targets[-1]]))
+                    self._feedback(req.goal, Ask.Feedback(partial_answer=text, new_targets=[targets[-1]]))
 
     # -------------------------------------------------------------------------------- outputs
     def _publish_outputs(self, result: SegmentationResult, rgb: np.ndarray, targets: list[Target]) -> None:

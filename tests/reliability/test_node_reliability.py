@@ -2,7 +2,6 @@
 RELIABILITY.md): fuzz, flood, faults against the node in its own process. Each asserts on the run's figures."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -38,11 +37,9 @@ def test_flood_short(scripted_model: Path, tmp_path: Path):
     # Every question the node took in was answered exactly once (its own count = what arrived here).
     assert figures["answered_twice"] == 0, figures
     assert figures["results_counted_by_node"] <= figures["results_received_here"], figures
-    # Every question should reach the node (it does in `make reliability` and when tests/reliability runs alone:
-    # 0 lost). Run late in the whole suite on this 2-core machine it has lost 55 of ~240 (open in #7: cause not
-    # found yet), so losses are reported here, not failed on; the node's own part is asserted above and below.
-    if figures["lost_answers"]:
-        warnings.warn(f"flood: {figures['lost_answers']} of {figures['questions']} questions never reached the node")
+    # Every question reaches the node. (Late in the full suite this once lost 12-120 of 240: the node's executor
+    # fell into a busy loop, see pixellm_ros/executor.py.)
+    assert figures["lost_answers"] == 0, figures
     assert figures["results_by_status"].get("OK", 0) > 0 and figures["results_by_status"].get("BUSY", 0) > 0
     assert figures["answers_older_than_limit"] == 0 and figures["image_age_max_s"] <= MAX_AGE_S, figures
     assert figures["ok_not_naming_a_sent_frame"] == 0, figures

@@ -31,6 +31,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from pixellm_ros.action import Ask
+from pixellm_ros.executor import NO_EVENT_HANDLERS
 from pixellm_ros.model import load_pixellm, save_pixellm
 from pixellm_ros.model.factory import tiny_random_pixellm
 from pixellm_ros.model.generation import split_prompt
@@ -225,9 +226,11 @@ class Client:
         self.executor.add_node(self.node)
         self.results: list[SegmentationResult] = []
         self.diagnostics: list[DiagnosticArray] = []
+        # No QoS event handlers on these busy subscriptions, as in the node (pixellm_ros/executor.py).
         self.result_sub = self.node.create_subscription(SegmentationResult, f"{NODE}/result", self.results.append,
-                                                        RESULT_QOS)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, RELIABLE)
+                                                        RESULT_QOS, event_callbacks=NO_EVENT_HANDLERS)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, RELIABLE,
+                                      event_callbacks=NO_EVENT_HANDLERS)
         self.query_pub = self.node.create_publisher(String, "query", RELIABLE)
         self.query_full_pub = self.node.create_publisher(Query, "query_full", RELIABLE)
         self.segment = self.node.create_client(Segment, f"{NODE}/segment")
