@@ -45,6 +45,7 @@ class SourceConfig:
     kinds: list[str] = field(default_factory=list)  # synthetic: restrict object kinds (empty = all)
     question_mix: dict[str, float] = field(default_factory=dict)  # synthetic: refer/afford/color ratios (empty = default)
     objects: list[int] = field(default_factory=list)  # synthetic: [min, max] objects per scene (empty = default)
+    phrasing: str = "template"  # synthetic: question phrasings, "template" or "varied" (see synthetic.py)
 
 
 @dataclass

@@ -117,8 +117,9 @@ def write_examples(shown: list[tuple[Sample, Result]], path: Path, width: int = 
         cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
 
 
-def synthetic_eval_set(n: int, seed: int, style: str = "default", kinds: tuple[str, ...] | None = None) -> list[Sample]:
-    cfg = SyntheticConfig(style=style, **({"kinds": kinds} if kinds else {}))
+def synthetic_eval_set(n: int, seed: int, style: str = "default", kinds: tuple[str, ...] | None = None,
+                       phrasing: str = "template") -> list[Sample]:
+    cfg = SyntheticConfig(style=style, phrasing=phrasing, **({"kinds": kinds} if kinds else {}))
     return [synthetic_sample(seed, i, cfg) for i in range(n)]
 
 
@@ -130,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=9999, help="held-out seed (training uses other seeds)")
     ap.add_argument("--style", default="default")
     ap.add_argument("--kinds", nargs="*")
+    ap.add_argument("--phrasing", default="template", help="question phrasings: template or varied")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -137,7 +139,8 @@ def main(argv=None) -> int:
     engine = Engine(EngineConfig(model_path=args.model, device=args.device, sampling=SamplingConfig(max_new_tokens=96)))
     if args.adapter:
         engine.load_adapter(args.adapter)
-    samples = synthetic_eval_set(args.samples, args.seed, args.style, tuple(args.kinds) if args.kinds else None)
+    samples = synthetic_eval_set(args.samples, args.seed, args.style, tuple(args.kinds) if args.kinds else None,
+                                 args.phrasing)
     report = evaluate_engine(engine, samples, Path(args.out) if args.out else None)
     print(json.dumps(report, indent=2))
     return 0

@@ -74,7 +74,8 @@ def _source_text(src: dict) -> str:
     share = f"{src.get('ratio', 1.0):g} of the mix: " if src.get("ratio", 1.0) != 1.0 else ""
     return (f"{share}synthetic seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
             + (f", question mix {mix}" if mix else "")
-            + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else ""))
+            + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else "")
+            + (f", {src['phrasing']} phrasings" if src.get("phrasing", "template") != "template" else ""))
 
 
 def folder_mb(path: Path) -> float:

@@ -49,3 +49,21 @@ def test_objects_per_scene_range_is_honoured_and_validated():
         SyntheticConfig(min_objects=3, max_objects=2)
     with pytest.raises(ValueError, match=r"\[min, max\]"):
         source_reader(SourceConfig(objects=[3]))
+
+
+def test_varied_phrasings_ask_the_same_things_and_leave_the_template_stream_alone():
+    import pytest
+
+    varied = SyntheticConfig(phrasing="varied")
+    questions = [synthetic_sample(5, i, varied) for i in range(200)]
+    assert len({q.question.split(" the ")[0] for q in questions}) > 12  # many ways of asking
+    assert any(q.question.startswith("Which objects could hold water") for q in questions)
+    for i in range(50):  # same scenes and targets either way; only the wording (and later draws) may differ
+        a, b = synthetic_sample(5, i), synthetic_sample(5, i, varied)
+        assert np.array_equal(a.image, b.image)
+    template = [synthetic_sample(5, i).question for i in range(200)]
+    allowed = ("Where is the ", "Segment the ", "Can you find the ", "Which objects could I use to ",
+               "What could I use to ", "Segment all the ")
+    assert all(q.startswith(allowed) for q in template)
+    with pytest.raises(ValueError, match="phrasing"):
+        SyntheticConfig(phrasing="poetic")

@@ -68,7 +68,7 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
     if src.kind == "synthetic":
         if src.objects and len(src.objects) != 2:
             raise ValueError(f"synthetic source: objects must be [min, max], got {src.objects}")
-        cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene,
+        cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene, phrasing=src.phrasing,
                               **({"kinds": tuple(src.kinds)} if src.kinds else {}),
                               **({"question_mix": dict(src.question_mix)} if src.question_mix else {}),
                               **(dict(zip(("min_objects", "max_objects"), src.objects)) if src.objects else {}))

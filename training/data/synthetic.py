@@ -23,6 +23,23 @@ AFFORDANCES = {
     "play catch": ("ball",),
 }
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
+# Question phrasings per kind; "template" is the original set (its order and size fix the old data streams).
+PHRASINGS = {
+    "template": {
+        "refer": ("Where is the {name}?", "Segment the {name}.", "Can you find the {name}?"),
+        "afford": ("Which objects could I use to {verb}?", "What could I use to {verb}?"),
+        "color": ("Segment all the {color} objects.",),
+    },
+    "varied": {
+        "refer": ("Where is the {name}?", "Segment the {name}.", "Can you find the {name}?", "Show me the {name}.",
+                  "Find the {name}.", "Which object is the {name}?"),
+        "afford": ("Which objects could I use to {verb}?", "What could I use to {verb}?", "Which objects could {verb}?",
+                   "What can I use to {verb}?", "Find everything I could use to {verb}.",
+                   "Which things could I use to {verb}?"),
+        "color": ("Segment all the {color} objects.", "Which objects are {color}?", "Find all the {color} objects.",
+                  "Show me the {color} objects."),
+    },
+}
 
 
 @dataclass
@@ -52,11 +69,16 @@ class SyntheticConfig:
     style: str = "default"  # "default" or "dim" (a darker, bluish camera: a new domain look)
     questions_per_scene: int = 1  # > 1: consecutive samples ask different questions about one scene
     question_mix: dict[str, float] = field(default_factory=lambda: {"refer": 0.45, "afford": 0.35, "color": 0.2})
+    # "template": the three fixed phrasings per kind the first models learned (their data streams unchanged);
+    # "varied": more ways to ask the same thing, as operators do ("Which objects could hold water?").
+    phrasing: str = "template"
 
     def __post_init__(self) -> None:
         unknown = set(self.question_mix) - {"refer", "afford", "color"}
         if unknown or not self.question_mix or min(self.question_mix.values()) < 0 or sum(self.question_mix.values()) <= 0:
             raise ValueError(f"question_mix must weigh refer / afford / color with non-negative ratios, got {self.question_mix}")
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {self.phrasing!r}")
         if not 1 <= self.min_objects <= self.max_objects <= 8:
             raise ValueError(f"objects per scene must satisfy 1 <= min <= max <= 8, got {self.min_objects}..{self.max_objects}")
 
@@ -136,24 +158,25 @@ def _join(names: list[str]) -> str:
 def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: SyntheticConfig
                   ) -> tuple[str, str, list[SceneObject]]:
     """(question, answer with one {seg} per target, targets in answer order)."""
+    phrasings = PHRASINGS[cfg.phrasing]
     kinds = list(cfg.question_mix)
     kind = str(rng.choice(kinds, p=np.array(list(cfg.question_mix.values())) / sum(cfg.question_mix.values())))
     if kind == "refer":
         unique = [o for o in objects if sum(p.kind == o.kind and p.color == o.color for p in objects) == 1]
         if unique:
             o = unique[int(rng.integers(len(unique)))]
-            q = str(rng.choice([f"Where is the {o.color} {o.kind}?", f"Segment the {o.color} {o.kind}.",
-                                f"Can you find the {o.color} {o.kind}?"]))
+            q = str(rng.choice(phrasings["refer"])).format(name=f"{o.color} {o.kind}")
             return q, f"{o.name.capitalize()} is {{seg}}.", [o]
         kind = "afford"
     if kind == "afford":
         verb = str(rng.choice(list(AFFORDANCES)))
         targets = sorted([o for o in objects if o.kind in AFFORDANCES[verb]], key=lambda o: o.x)
-        q = str(rng.choice([f"Which objects could I use to {verb}?", f"What could I use to {verb}?"]))
+        q = str(rng.choice(phrasings["afford"])).format(verb=verb)
     else:
         color = str(rng.choice(cfg.colors))
         targets = sorted([o for o in objects if o.color == color], key=lambda o: o.x)
-        q = f"Segment all the {color} objects."
+        q = (phrasings["color"][0] if cfg.phrasing == "template"  # (drew no number: the old stream)
+             else str(rng.choice(phrasings["color"]))).format(color=color)
     if not targets:
         return q, "There is no such object in the image.", []
     return q, _join([f"{t.name} {{seg}}" for t in targets]).capitalize() + ".", targets
