@@ -69,7 +69,7 @@ class SyntheticConfig:
     style: str = "default"  # "default" or "dim" (a darker, bluish camera: a new domain look)
     questions_per_scene: int = 1  # > 1: consecutive samples ask different questions about one scene
     question_mix: dict[str, float] = field(default_factory=lambda: {"refer": 0.45, "afford": 0.35, "color": 0.2})
-    # "template": the three fixed phrasings per kind the first models learned (their data streams unchanged);
+    # "template": the few fixed phrasings per kind the first models learned (their data streams unchanged);
     # "varied": more ways to ask the same thing, as operators do ("Which objects could hold water?").
     phrasing: str = "template"
 
@@ -155,6 +155,11 @@ def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _pick(rng: np.random.Generator, phrasings: tuple[str, ...]) -> str:
+    """One phrasing; a single one draws no random number (so the template stream stays as it always was)."""
+    return phrasings[0] if len(phrasings) == 1 else str(rng.choice(phrasings))
+
+
 def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: SyntheticConfig
                   ) -> tuple[str, str, list[SceneObject]]:
     """(question, answer with one {seg} per target, targets in answer order)."""
@@ -165,18 +170,17 @@ def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: Syn
         unique = [o for o in objects if sum(p.kind == o.kind and p.color == o.color for p in objects) == 1]
         if unique:
             o = unique[int(rng.integers(len(unique)))]
-            q = str(rng.choice(phrasings["refer"])).format(name=f"{o.color} {o.kind}")
+            q = _pick(rng, phrasings["refer"]).format(name=f"{o.color} {o.kind}")
             return q, f"{o.name.capitalize()} is {{seg}}.", [o]
         kind = "afford"
     if kind == "afford":
         verb = str(rng.choice(list(AFFORDANCES)))
         targets = sorted([o for o in objects if o.kind in AFFORDANCES[verb]], key=lambda o: o.x)
-        q = str(rng.choice(phrasings["afford"])).format(verb=verb)
+        q = _pick(rng, phrasings["afford"]).format(verb=verb)
     else:
         color = str(rng.choice(cfg.colors))
         targets = sorted([o for o in objects if o.color == color], key=lambda o: o.x)
-        q = (phrasings["color"][0] if cfg.phrasing == "template"  # (drew no number: the old stream)
-             else str(rng.choice(phrasings["color"]))).format(color=color)
+        q = _pick(rng, phrasings["color"]).format(color=color)
     if not targets:
         return q, "There is no such object in the image.", []
     return q, _join([f"{t.name} {{seg}}" for t in targets]).capitalize() + ".", targets
