@@ -6,7 +6,9 @@ Starts `python -m pixellm_ros.node` (the project's params YAML, this model, auto
 on this machine only (LOCALHOST discovery, a random ROS_DOMAIN_ID), and runs a client node here:
 1. latency: `--repeats` `~/segment` calls, each on a new image sent in the request (use_image: transport both
    ways, conversion, queue, inference, result messages) vs `Engine.ask` on the same model, image and question in
-   this process, each `set_image` on a new frame as well (ratio = ROS / direct, medians).
+   this process, each `set_image` on a new frame as well (ratio = ROS / direct, medians). The two alternate call
+   by call, so a shared or throttled CPU slows both alike (this machine's own speed drifts by 5-10 % between
+   runs); the node idles while the direct engine works and the other way round. Both models stay loaded.
 2. sustained: frames published on `image` at --image-hz while `~/segment` questions (FRAME_LATEST) go out at
    --query-hz for --seconds: answered, BUSY, other statuses, round-trip p50/p95, frames published, and the
    node's own frame counters from /diagnostics (dropped / received) where it reports them.
@@ -49,26 +51,23 @@ def scenes(n: int) -> list[np.ndarray]:
     return [render_scene(np.random.default_rng([7, i]), SyntheticConfig())[0] for i in range(n)]
 
 
-def direct_latency(model: str, frames: list[np.ndarray], args) -> dict:
-    """Engine.ask on a new frame each time, in this process (the node's work without ROS)."""
+def direct_engine(model: str, args):
+    """The node's work without ROS, in this process."""
     import torch
 
     from pixellm_ros.engine import Engine
     from pixellm_ros.model import SamplingConfig
 
     torch.set_num_threads(args.threads)
-    engine = Engine.from_pretrained(model, device=args.device, sampling=SamplingConfig(max_new_tokens=args.max_new_tokens))
-    times, answers = [], []
-    for r in range(args.repeats + 1):
-        rgb = frames[r % len(frames)]
-        t0 = time.perf_counter()
-        engine.set_image(rgb, image_key=f"direct/{r}")
-        result = engine.ask(QUESTION)
-        if r:  # the first is warm-up
-            times.append(time.perf_counter() - t0)
-            answers.append(result.answer)
-    engine.close()
-    return {"median_s": statistics.median(times), "times_s": times, "answers": answers}
+    return Engine.from_pretrained(model, device=args.device, sampling=SamplingConfig(max_new_tokens=args.max_new_tokens))
+
+
+def direct_call(engine, rgb: np.ndarray, key: str) -> tuple[float, str]:
+    """Engine.set_image on a new frame + ask: (seconds, answer)."""
+    t0 = time.perf_counter()
+    engine.set_image(rgb, image_key=key)
+    result = engine.ask(QUESTION)
+    return time.perf_counter() - t0, result.answer
 
 
 class Client:
@@ -126,33 +125,62 @@ class Client:
         self.rclpy.try_shutdown()
 
 
-def ros_latency(c: Client, frames: list[np.ndarray], args) -> dict:
+def wait_until_active(c: Client, frame: np.ndarray, args) -> None:
+    """The service exists from start-up; the model is ready once answers stop being NOT_READY."""
     from pixellm_ros.msg import SegmentationResult
 
     deadline = time.monotonic() + args.call_timeout
-    while True:  # the service exists from start-up; the model is ready once answers stop being NOT_READY
-        future = c.client.call_async(c.request(frames[0], "ready?"))
+    while True:
+        future = c.client.call_async(c.request(frame, "ready?"))
         if not c.spin_until(future.done, args.call_timeout):
             raise RuntimeError(f"~/segment did not answer within {args.call_timeout:.0f} s")
         if future.result().result.status != SegmentationResult.NOT_READY:
-            break
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the node was not active within {args.call_timeout:.0f} s")
         c.spin_until(lambda: False, 0.2)
-    times, answers = [], []
+
+
+def ros_call(c: Client, rgb: np.ndarray, query_id: str, args) -> tuple[float, float, str]:
+    """One ~/segment call with the image in the request: (round trip s, the node's own inference s, answer)."""
+    from pixellm_ros.msg import SegmentationResult
+
+    t0 = time.perf_counter()
+    future = c.client.call_async(c.request(rgb, query_id))
+    if not c.spin_until(future.done, args.call_timeout):
+        raise RuntimeError(f"~/segment did not answer within {args.call_timeout:.0f} s")
+    elapsed = time.perf_counter() - t0
+    result = future.result().result
+    if result.status != SegmentationResult.OK:
+        raise RuntimeError(f"~/segment answered status {result.status}: {result.status_message}")
+    return elapsed, result.inference_time.sec + result.inference_time.nanosec * 1e-9, result.answer
+
+
+def latency(c: Client, engine, frames: list[np.ndarray], args) -> dict:
+    """ROS and direct calls alternating on the same frames; the first of each is warm-up."""
+    wait_until_active(c, frames[0], args)
+    ros, inference, direct, ros_answers, direct_answers = [], [], [], [], []
     for r in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        future = c.client.call_async(c.request(frames[r % len(frames)], f"latency-{r}"))
-        if not c.spin_until(future.done, args.call_timeout):
-            raise RuntimeError(f"~/segment did not answer within {args.call_timeout:.0f} s")
-        elapsed = time.perf_counter() - t0
-        result = future.result().result
-        if result.status != SegmentationResult.OK:
-            raise RuntimeError(f"~/segment answered status {result.status}: {result.status_message}")
-        if r:
-            times.append(elapsed)
-            answers.append(result.answer)
-    return {"median_s": statistics.median(times), "times_s": times, "answers": answers}
+        rgb = frames[r % len(frames)]
+        first, second = ("ros", "direct") if r % 2 else ("direct", "ros")  # neither always goes first
+        for side in (first, second):
+            if side == "ros":
+                elapsed, node_s, answer = ros_call(c, rgb, f"latency-{r}", args)
+                if r:
+                    ros.append(elapsed)
+                    inference.append(node_s)
+                    ros_answers.append(answer)
+            else:
+                elapsed, answer = direct_call(engine, rgb, f"direct/{r}")
+                if r:
+                    direct.append(elapsed)
+                    direct_answers.append(answer)
+    return {"ros": {"median_s": statistics.median(ros), "times_s": ros, "answers": ros_answers,
+                    "node_inference_median_s": statistics.median(inference), "node_inference_s": inference},
+            "direct": {"median_s": statistics.median(direct), "times_s": direct, "answers": direct_answers},
+            "ratio": statistics.median(ros) / statistics.median(direct),
+            "pairwise_ratio_median": statistics.median([a / b for a, b in zip(ros, direct)]),
+            "same_answers": ros_answers == direct_answers}
 
 
 def sustained(c: Client, frames: list[np.ndarray], args) -> dict:
@@ -226,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, node and direct alike")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--image-hz", type=float, default=30.0)
     ap.add_argument("--query-hz", type=float, default=5.0)
@@ -245,34 +273,38 @@ def main(argv: list[str] | None = None) -> int:
     frames = scenes(4)
     log_path = Path(os.environ["ROS_LOG_DIR"]) / "bench_node_node.log"
     node = start_node(model, args, log_path)
-    client = None
+    client = engine = None
     try:
         client = Client()
+        engine = direct_engine(model, args)  # loads while the node does
         if not client.client.wait_for_service(timeout_sec=args.call_timeout):
             raise RuntimeError(f"{SERVICE} did not appear within {args.call_timeout:.0f} s")
-        ros = ros_latency(client, frames, args)
+        lat = latency(client, engine, frames, args)
+        engine.close()
+        engine = None
         load = sustained(client, frames, args)
     except RuntimeError as exc:
         print(f"bench_node: {exc}\n--- node log ({log_path}) ---\n"
               + "\n".join(log_path.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
         return 1
     finally:
+        if engine is not None:
+            engine.close()
         if client is not None:
             client.close()
         from pixellm_ros.demo import stop
         stop(node, "node")
-    direct = direct_latency(model, frames, args)  # after the node is gone: the two never share the CPU
+    ros, direct = lat["ros"], lat["direct"]
 
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device,
                           "threads": args.threads},
               "model": model, "random_weights": random_weights, "max_new_tokens": args.max_new_tokens,
-              "question": QUESTION, "latency": {"ros": ros, "direct": direct,
-                                                "ratio": ros["median_s"] / direct["median_s"],
-                                                "same_answers": ros["answers"] == direct["answers"]},
+              "question": QUESTION, "repeats": args.repeats, "latency": lat,
               "sustained": load}
     rows = [("end-to-end ~/segment (use_image), median", ms(ros["median_s"])),
+            ("  of which the node's own set_image + ask, median", ms(ros["node_inference_median_s"])),
             ("direct Engine.set_image + ask, median", ms(direct["median_s"])),
-            ("ratio ROS / direct", f"{report['latency']['ratio']:.2f}x"),
+            ("ratio ROS / direct (medians; median of pairs)", f"{lat['ratio']:.2f}x; {lat['pairwise_ratio_median']:.2f}x"),
             ("same answers", str(report["latency"]["same_answers"])),
             (f"sustained {args.seconds:g} s: {args.image_hz:g} Hz images, {args.query_hz:g} Hz queries", ""),
             ("  queries sent / answered / busy", f"{load['queries']} / {load['answered']} / {load['busy']}"),
