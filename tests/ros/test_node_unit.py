@@ -179,3 +179,27 @@ def test_no_answer_reports_an_image_age_above_the_limit(local_node, monkeypatch)
     age = got[0].image_age.sec + got[0].image_age.nanosec * 1e-9
     assert not (got[0].status == S.OK and age > limit), age
     assert got[0].status == S.STALE_IMAGE and "max_image_age_s" in got[0].status_message
+
+
+def test_the_caller_is_answered_before_the_topics_and_the_heap_is_frozen_only_while_active(local_node,
+                                                                                           monkeypatch):
+    """The topics (label image, one mask per target topic, overlay, detections) go out after the waiting caller
+    has its result, so they never add to its latency; a failure there is logged, not turned into an error
+    answer. Activation freezes the long-lived objects out of the garbage collector's scans; deactivation
+    unfreezes them so the unloaded engine can be collected."""
+    import gc
+
+    order = []
+    real = local_node._publish_outputs
+    monkeypatch.setattr(local_node, "_publish_outputs", lambda *a: order.append("topics") or real(*a))
+    req = Request(Query(id="first", text="Where is the cup?"), "test", lambda result: order.append("caller"),
+                  image=image_msg(sample_rgb(1), Header(frame_id="given")))
+    assert local_node._finish(req, local_node._answer(req)).status == S.OK
+    assert order == ["caller", "topics"]
+
+    monkeypatch.setattr(local_node, "_publish_outputs", lambda *a: (_ for _ in ()).throw(RuntimeError("no topic")))
+    assert _ask(local_node, "topics fail").status == S.OK
+
+    assert gc.get_freeze_count() > 0
+    local_node.trigger_deactivate()
+    assert gc.get_freeze_count() == 0
