@@ -65,6 +65,7 @@ IMAGE_OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_SLOP_S = 0.1  # depth frame used for an image: the nearest in stamp, at most this far away
 BUSY_LOG_PERIOD_S = 1.0  # BUSY answers are logged at most once per period, with the count of the others
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles in /diagnostics
+NEXT_FRAME_SLICE_S = 0.05  # a FRAME_NEXT wait looks at the queue this often, to let other requests go first
 S = SegmentationResult
 STATUS_NAMES = {getattr(S, n): n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int)}
 
@@ -142,6 +143,10 @@ class Reply:
         return self.value
 
 
+class Deferred(Exception):
+    """A FRAME_NEXT request put back at the end of the queue while its frame has not come (see _wait_next)."""
+
+
 @dataclass
 class Request:
     """A question for the worker, from any interface."""
@@ -155,6 +160,7 @@ class Request:
     cancel: threading.Event = field(default_factory=threading.Event)
     received_ns: int = field(default_factory=time.monotonic_ns)  # the FrameCache clock (FRAME_NEXT)
     outputs: tuple[np.ndarray, list[Target]] | None = None  # frame + targets for the topics, sent after the reply
+    next_frame_deadline: float | None = None  # FRAME_NEXT: monotonic time of TIMEOUT, set when the wait starts
 
 
 @dataclass
@@ -604,6 +610,8 @@ class PixelLMNode(LifecycleNode):
                     item.done(self._swap_adapter(item))
                 else:
                     self._finish(item, self._answer(item))
+            except Deferred:
+                continue  # back in the queue, behind the requests that can be answered now
             except Exception as exc:  # a bug in the node itself: answer, log, keep serving
                 if self._context_ok():  # (else: shutting down, publishing fails; the caller is answered below)
                     self.get_logger().error(f"internal error: {type(exc).__name__}: {exc}")
@@ -712,13 +720,30 @@ class PixelLMNode(LifecycleNode):
         return rgb, frame.msg.header, f"{camera}/{frame.stamp_ns}/{frame.received_ns}", camera, start_ns
 
     def _wait_next(self, cache: FrameCache, req: Request) -> Frame | None:
-        deadline = time.monotonic() + self.cfg.next_frame_timeout_s
+        """The first frame received after the query, waiting up to next_frame_timeout_s from the first look. While
+        other requests are queued the wait does not hold the worker: the request goes back to the end of the queue
+        (Deferred), so a camera that has stalled does not hold up the questions about the others."""
+        if req.next_frame_deadline is None:
+            req.next_frame_deadline = time.monotonic() + self.cfg.next_frame_timeout_s
         while not req.cancel.is_set() and not self._stop.is_set():
-            remaining = deadline - time.monotonic()
-            frame = cache.wait_next(req.received_ns, min(max(remaining, 0.0), 0.1))
+            remaining = req.next_frame_deadline - time.monotonic()
+            frame = cache.wait_next(req.received_ns, min(max(remaining, 0.0), NEXT_FRAME_SLICE_S))
             if frame is not None or remaining <= 0:
                 return frame
+            if not self._queue.empty() and self._requeue(req):
+                raise Deferred
         raise Refused(S.CANCELED, "canceled while waiting for the next frame")
+
+    def _requeue(self, req: Request) -> bool:
+        """Put a request the worker took back at the end of the queue; False when that is full or closing."""
+        with self._submit_lock:
+            if not self._active:
+                return False
+            try:
+                self._queue.put_nowait(req)
+                return True
+            except queue.Full:
+                return False
 
     def _convert(self, msg: Any, compressed: bool) -> np.ndarray:
         try:

@@ -209,6 +209,19 @@ def test_frame_next_times_out(main):
     assert result.status == S.TIMEOUT and "0.5 s" in result.status_message and result.camera == "cam2"
 
 
+def test_frame_next_does_not_hold_up_the_questions_behind_it(main):
+    """A FRAME_NEXT question about a camera that sends nothing goes back in the queue behind the questions that
+    can be answered now, instead of holding the single worker until its timeout (0.5 s here)."""
+    main.query_full_pub.publish(Query(id="waits", text="Where?", frame_policy=Query.FRAME_NEXT, camera="cam2"))
+    main.cam.publish()  # a fresh frame for the question behind it
+    main.query_full_pub.publish(Query(id="behind", text="Where is the cup?"))
+    behind, waits = main.result_for("behind"), main.result_for("waits")
+    assert behind.status == S.OK, behind.status_message
+    assert waits.status == S.TIMEOUT
+    order = [r.query_id for r in main.results]
+    assert order.index("behind") < order.index("waits")
+
+
 def test_frame_stamp_picks_the_nearest_cached_frame(main):
     # Far from "now", so frames other tests streamed moments ago can't be nearer to the requested stamp.
     base, n = time.time_ns() - 50 * 10**9, main.frames("camera")
