@@ -11,7 +11,7 @@ on this machine only (LOCALHOST discovery, a random ROS_DOMAIN_ID), and runs a c
    runs); the node idles while the direct engine works and the other way round. Both models stay loaded.
 2. sustained: frames published on `image` at --image-hz while `~/segment` questions (FRAME_LATEST) go out at
    --query-hz for --seconds: answered, BUSY, other statuses, round-trip p50/p95, frames published, and the
-   node's own frame counters from /diagnostics (dropped / received) where it reports them.
+   node's own frame counters from /diagnostics (received / evicted from the ring) where it reports them.
 Without --model the tiny RANDOM-weight model of the demo is used (answers meaningless, timings real).
 Prints a table and writes JSON to --out.
 """

@@ -826,7 +826,7 @@ class PixelLMNode(LifecycleNode):
             "answered": str(statuses.get("OK", 0)),
             "busy": str(statuses.get("BUSY", 0)),
             "errors": str(sum(n for k, n in statuses.items() if k not in ("OK", "BUSY", "CANCELED", "NOT_READY"))),
-            "dropped_frames": str(sum(cameras.get(c).evicted for c in cameras) if cameras else 0),
+            "frames_evicted": str(sum(cameras.get(c).evicted for c in cameras) if cameras else 0),
             "frames_received": str(sum(cameras.get(c).received for c in cameras) if cameras else 0),
             **{f"frames_received_{c}": str(cameras.get(c).received) for c in (cameras or [])},
             "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),

@@ -354,7 +354,7 @@ def test_load_adapter_and_path_checks(main, adapters):
 
 def test_diagnostics_and_no_detections_without_vision_msgs(main):
     main.spin_until(lambda: main.diagnostic("answered") not in (None, "0"), "diagnostics with answers")
-    keys = {"queue_depth", "queue_size", "answered", "busy", "errors", "dropped_frames", "latency_p50_s",
+    keys = {"queue_depth", "queue_size", "answered", "busy", "errors", "frames_evicted", "latency_p50_s",
             "latency_p95_s", "device_memory_bytes", "model_id", "adapter_id", "state"}
     status = next(s for a in reversed(main.diagnostics) for s in a.status if s.name.startswith(NODE))
     values = {kv.key: kv.value for kv in status.values}
