@@ -135,7 +135,8 @@ A small PixelLM-structured model (same module tree and code paths as PixelLM-7B:
 tower, LLaMA-architecture LLM with the `[SEG0]`..`[SEG5]` codebook, projectors, pixel decoder) trained from
 scratch by this project, because no pretrained CLIP/LLaMA weights can be downloaded here. It knows one
 domain: synthetic tabletop scenes (`training/data/synthetic.py`: cups, bowls, bottles, knives, scissors and
-balls in four colors, 2-4 per scene, with occlusion) and referring / affordance / attribute questions.
+balls in four colors, 2-4 per scene, 3-5 in the crowded sources, with occlusion) and referring / affordance /
+attribute questions.
 It is what `make demo` and the node use by default; for real robots use the published PixelLM weights or
 fine-tune on your own data.
 

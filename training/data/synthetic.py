@@ -1,7 +1,7 @@
 """A synthetic tabletop domain: rendered scenes, questions, text answers and one mask per target.
 
-Scenes hold 2-4 objects of a few kinds and colors, at random sizes and positions, sometimes
-overlapping (masks are the VISIBLE pixels). Questions are referring ("Where is the red cup?"),
+Scenes hold 2-4 objects (`min_objects` / `max_objects`) of a few kinds and colors, at random sizes and
+positions, sometimes overlapping (masks are the VISIBLE pixels). Questions are referring ("Where is the red cup?"),
 affordance ("Which objects could hold water?" -> every cup, bowl and bottle) or attribute
 ("Segment all the blue objects."), so answers name 0 to 4 targets. Every sample is a pure function
 of (seed, index): a dataset is reproducible, and resuming training resumes the exact data stream.
