@@ -291,7 +291,7 @@ class PixelLMNode(LifecycleNode):
             self._free_engine()
             return TransitionCallbackReturn.FAILURE
         # torch, rclpy and the model leave ~300k long-lived objects: without this, each full collection rescans
-        # them (~65 ms, measured) inside whichever answer it interrupts.
+        # them (65-135 ms, measured) inside whichever answer it interrupts.
         gc.collect()
         gc.freeze()
         self._queue = queue.Queue(maxsize=self.cfg.queue_size)
