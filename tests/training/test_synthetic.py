@@ -67,3 +67,22 @@ def test_varied_phrasings_ask_the_same_things_and_leave_the_template_stream_alon
     assert all(q.startswith(allowed) for q in template)
     with pytest.raises(ValueError, match="phrasing"):
         SyntheticConfig(phrasing="poetic")
+
+
+def test_questions_about_absent_objects_name_no_target_and_often_near_miss():
+    cfg = SyntheticConfig(question_mix={"refer_absent": 1})
+    near_misses = 0
+    for i in range(60):
+        s = synthetic_sample(4, i, cfg)
+        s.validate()
+        rng = np.random.default_rng([4, i])
+        _, objects = render_scene(rng, cfg)
+        asked = s.question.removesuffix("?").split(" the ")[-1].split()
+        assert s.answer == "There is no such object in the image." and len(s.masks) == 0
+        assert (asked[0], asked[1]) not in {(o.color, o.kind) for o in objects}  # really absent
+        near_misses += any(asked[0] == o.color or asked[1] == o.kind for o in objects)
+    assert near_misses > 30  # half are drawn from near misses, and uniform draws hit some too
+    # the default stream (the shipped model's data and the held-out split) is unchanged by the new kind
+    assert [synthetic_sample(6, i).question for i in range(6)] == [
+        "Segment all the green objects.", "Where is the green knife?", "Segment all the yellow objects.",
+        "What could I use to hold water?", "Segment all the blue objects.", "What could I use to play catch?"]

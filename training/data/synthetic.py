@@ -2,6 +2,7 @@
 
 Scenes hold 2-4 objects (`min_objects` / `max_objects`) of a few kinds and colors, at random sizes and
 positions, sometimes overlapping (masks are the VISIBLE pixels). Questions are referring ("Where is the red cup?"),
+referring to an object that is not there (`refer_absent`: "Where is the red cup?" with no red cup -> no target),
 affordance ("Which objects could hold water?" -> every cup, bowl and bottle) or attribute
 ("Segment all the blue objects."), so answers name 0 to 4 targets. Every sample is a pure function
 of (seed, index): a dataset is reproducible, and resuming training resumes the exact data stream.
@@ -22,6 +23,7 @@ AFFORDANCES = {
     "cut the rope": ("knife", "scissors"),
     "play catch": ("ball",),
 }
+QUESTION_KINDS = ("refer", "refer_absent", "afford", "color")
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
 # Question phrasings per kind; "template" is the original set (its order and size fix the old data streams).
 PHRASINGS = {
@@ -74,9 +76,10 @@ class SyntheticConfig:
     phrasing: str = "template"
 
     def __post_init__(self) -> None:
-        unknown = set(self.question_mix) - {"refer", "afford", "color"}
+        unknown = set(self.question_mix) - set(QUESTION_KINDS)
         if unknown or not self.question_mix or min(self.question_mix.values()) < 0 or sum(self.question_mix.values()) <= 0:
-            raise ValueError(f"question_mix must weigh refer / afford / color with non-negative ratios, got {self.question_mix}")
+            raise ValueError(f"question_mix must weigh {' / '.join(QUESTION_KINDS)} with non-negative ratios, "
+                             f"got {self.question_mix}")
         if self.phrasing not in PHRASINGS:
             raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {self.phrasing!r}")
         if not 1 <= self.min_objects <= self.max_objects <= 8:
@@ -160,12 +163,26 @@ def _pick(rng: np.random.Generator, phrasings: tuple[str, ...]) -> str:
     return phrasings[0] if len(phrasings) == 1 else str(rng.choice(phrasings))
 
 
+def _refer_to_absent(rng: np.random.Generator, objects: list[SceneObject], cfg: SyntheticConfig,
+                     phrasings: tuple[str, ...]) -> tuple[str, str, list[SceneObject]]:
+    """A referring question whose object is not in the scene. Half of them are near misses (a present
+    object's kind in another color, or its color on another kind): the model has to check both words."""
+    present = {(o.color, o.kind) for o in objects}
+    absent = [(c, k) for c in cfg.colors for k in cfg.kinds if (c, k) not in present]
+    near = [(c, k) for c, k in absent if any(c == pc or k == pk for pc, pk in present)]
+    pool = near if near and rng.random() < 0.5 else absent
+    color, kind = pool[int(rng.integers(len(pool)))]
+    return _pick(rng, phrasings).format(name=f"{color} {kind}"), "There is no such object in the image.", []
+
+
 def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: SyntheticConfig
                   ) -> tuple[str, str, list[SceneObject]]:
     """(question, answer with one {seg} per target, targets in answer order)."""
     phrasings = PHRASINGS[cfg.phrasing]
     kinds = list(cfg.question_mix)
     kind = str(rng.choice(kinds, p=np.array(list(cfg.question_mix.values())) / sum(cfg.question_mix.values())))
+    if kind == "refer_absent":
+        return _refer_to_absent(rng, objects, cfg, phrasings["refer"])
     if kind == "refer":
         unique = [o for o in objects if sum(p.kind == o.kind and p.color == o.color for p in objects) == 1]
         if unique:
