@@ -26,7 +26,7 @@ from pixellm_ros.model import SamplingConfig
 from pixellm_ros.overlay import draw_overlay
 
 from .data.sample import Sample
-from .data.synthetic import SyntheticConfig, synthetic_sample
+from .data.synthetic import QUESTION_KINDS, SyntheticConfig, synthetic_sample
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,10 @@ def write_examples(shown: list[tuple[Sample, Result]], path: Path, width: int = 
 
 
 def synthetic_eval_set(n: int, seed: int, style: str = "default", kinds: tuple[str, ...] | None = None,
-                       phrasing: str = "template") -> list[Sample]:
-    cfg = SyntheticConfig(style=style, phrasing=phrasing, **({"kinds": kinds} if kinds else {}))
+                       phrasing: str = "template", question_kind: str | None = None) -> list[Sample]:
+    """The held-out split; `question_kind` asks only that kind of question (e.g. "afford") of the same scenes."""
+    cfg = SyntheticConfig(style=style, phrasing=phrasing, **({"kinds": kinds} if kinds else {}),
+                          **({"question_mix": {question_kind: 1.0}} if question_kind else {}))
     return [synthetic_sample(seed, i, cfg) for i in range(n)]
 
 
@@ -132,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--style", default="default")
     ap.add_argument("--kinds", nargs="*")
     ap.add_argument("--phrasing", default="template", help="question phrasings: template or varied")
+    ap.add_argument("--question-kind", choices=QUESTION_KINDS, help="ask only this kind (default: the usual mix)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     if args.adapter:
         engine.load_adapter(args.adapter)
     samples = synthetic_eval_set(args.samples, args.seed, args.style, tuple(args.kinds) if args.kinds else None,
-                                 args.phrasing)
+                                 args.phrasing, args.question_kind)
     report = evaluate_engine(engine, samples, Path(args.out) if args.out else None)
     print(json.dumps(report, indent=2))
     return 0
