@@ -24,6 +24,7 @@ AFFORDANCES = {
     "play catch": ("ball",),
 }
 QUESTION_KINDS = ("refer", "refer_absent", "afford", "color")
+NO_SUCH_OBJECT = "There is no such object in the image."  # the answer when nothing matches
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five")
 # Question phrasings per kind; "template" is the original set (its order and size fix the old data streams).
 PHRASINGS = {
@@ -172,7 +173,7 @@ def _refer_to_absent(rng: np.random.Generator, objects: list[SceneObject], cfg: 
     near = [(c, k) for c, k in absent if any(c == pc or k == pk for pc, pk in present)]
     pool = near if near and rng.random() < 0.5 else absent
     color, kind = pool[int(rng.integers(len(pool)))]
-    return _pick(rng, phrasings).format(name=f"{color} {kind}"), "There is no such object in the image.", []
+    return _pick(rng, phrasings).format(name=f"{color} {kind}"), NO_SUCH_OBJECT, []
 
 
 def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: SyntheticConfig
@@ -199,7 +200,7 @@ def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: Syn
         targets = sorted([o for o in objects if o.color == color], key=lambda o: o.x)
         q = _pick(rng, phrasings["color"]).format(color=color)
     if not targets:
-        return q, "There is no such object in the image.", []
+        return q, NO_SUCH_OBJECT, []
     return q, _join([f"{t.name} {{seg}}" for t in targets]).capitalize() + ".", targets
 
 
