@@ -23,6 +23,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from .conversions import rgb_to_msg
+from .executor import spin_once_until_shutdown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -111,8 +112,8 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = DemoCamera()
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.5)
+        while not node.done and spin_once_until_shutdown(node, timeout_sec=0.5):
+            pass
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ValueError as exc:

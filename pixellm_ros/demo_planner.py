@@ -30,7 +30,7 @@ from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import Segment
 
 from .conversions import ImageConversionError, image_to_rgb
-from .executor import NO_EVENT_HANDLERS
+from .executor import NO_EVENT_HANDLERS, spin_once_until_shutdown
 from .overlay import draw_overlay
 
 QUESTIONS = ["Which objects could hold water?", "Where is the red cup?", "Segment all the blue objects.",
@@ -70,9 +70,8 @@ class DemoPlanner(Node):
     def spin_until(self, done, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while not done():
-            if time.monotonic() > deadline or not rclpy.ok():
+            if time.monotonic() > deadline or not rclpy.ok() or not spin_once_until_shutdown(self, 0.05):
                 return False
-            rclpy.spin_once(self, timeout_sec=0.05)
         return True
 
     def ask(self, k: int, question: str) -> tuple[SegmentationResult | None, float]:

@@ -21,11 +21,27 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import rclpy
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import (ConditionReachedException, ExternalShutdownException, MultiThreadedExecutor,
                              ShutdownException, TimeoutException)
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
 
 NO_EVENT_HANDLERS = SubscriptionEventCallbacks(use_default_callbacks=False)
+
+
+def spin_once_until_shutdown(node: Node, timeout_sec: float) -> bool:
+    """rclpy.spin_once; False once the context is shut down. Ctrl-C / SIGINT can shut it down between the
+    caller's rclpy.ok() and the wait, and rclpy then raises RCLError ("context is not valid") from the wait set
+    instead of ExternalShutdownException: a clean stop, not an error."""
+    try:
+        rclpy.spin_once(node, timeout_sec=timeout_sec)
+    except _rclpy.RCLError:
+        if rclpy.ok(context=node.context):
+            raise
+        return False
+    return rclpy.ok(context=node.context)
 
 
 class PoolAwareMultiThreadedExecutor(MultiThreadedExecutor):

@@ -147,3 +147,30 @@ def test_node_subscriptions_without_event_handlers_do_not_busy_wake(monkeypatch)
     print(f"(sent, received, wake-ups with nothing ready): default event handlers {default}, none {ours}")
     assert ours[2] <= 5 and ours[1] >= 0.9 * ours[0] >= 60, ours
     assert default[2] > 100 * (ours[2] + 1), (default, ours)
+
+
+def test_a_shutdown_between_ok_and_the_wait_is_a_clean_stop_not_an_error():
+    """demo_camera died with RCLError ("context is not valid") when SIGINT shut the context down between its
+    rclpy.ok() check and spin_once's wait. The helper reports that as a stop; a plain spin_once raises."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import rclpy
+        from rclpy.node import Node
+        from pixellm_ros.executor import spin_once_until_shutdown
+        rclpy.init()
+        node = Node("shutdown_race")
+        print("before", spin_once_until_shutdown(node, 0.01))
+        node.context.shutdown()  # what the SIGINT handler does, at the worst moment
+        try:
+            rclpy.spin_once(node, timeout_sec=0.01)
+        except Exception as exc:
+            print("plain", type(exc).__name__)
+        print("after", spin_once_until_shutdown(node, 0.01))
+    """)
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.split("\n")[:3] == ["before True", "plain RCLError", "after False"], out.stderr
