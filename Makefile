@@ -5,13 +5,20 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 RELIABILITY_ARGS ?=
 
-.PHONY: setup test demo reliability clean
+.PHONY: setup test test-stress demo reliability clean
 
 setup:
 	@VENV=$(VENV) scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The ROS and reliability tests STRESS_ROUNDS times while busy loops keep every core busy; a pass/fail table
+# per test (scripts/test_stress.py). Extra arguments: make test-stress STRESS_ARGS="--rounds 3 -- tests/ros -k ask".
+STRESS_ROUNDS ?= 5
+STRESS_ARGS ?=
+test-stress: setup
+	$(PY) scripts/test_stress.py --rounds $(STRESS_ROUNDS) $(STRESS_ARGS)
 
 demo: setup
 	$(PY) -m pixellm_ros.demo $(DEMO_ARGS)

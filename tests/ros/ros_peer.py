@@ -50,6 +50,16 @@ class StandInServer:
         ActionServer(node, Ask, ASK_ACTION, execute_callback=self.ask, callback_group=group,
                      goal_callback=lambda goal: GoalResponse.ACCEPT,
                      cancel_callback=lambda goal_handle: CancelResponse.ACCEPT)
+        self.feedback_topic = f"{node.resolve_topic_name(ASK_ACTION)}/_action/feedback"
+
+    def wait_for_feedback_subscriber(self) -> None:
+        """Until this side has discovered the client's feedback subscription. The client sends its goal once it
+        sees the server; the server may discover the client's feedback reader a moment later, and feedback
+        published before that is not delivered (volatile durability). A node up long before its clients never
+        meets this; a client created just now may."""
+        deadline = time.monotonic() + DEADLINE_S
+        while self.node.count_subscribers(self.feedback_topic) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def segment(self, request: Segment.Request, response: Segment.Response) -> Segment.Response:
         result = response.result
@@ -70,6 +80,7 @@ class StandInServer:
         words = (ANSWER.split() * 1000) if slow else ANSWER.split()
         result = SegmentationResult(query_id=query.id, query_text=query.text)
         masks = iter(sample_masks(seed=7))
+        self.wait_for_feedback_subscriber()
         for word in words:
             if goal_handle.is_cancel_requested:
                 result.status, result.status_message = SegmentationResult.CANCELED, "canceled by the client"

@@ -21,6 +21,9 @@ pytestmark = pytest.mark.ros
 ANSWER = "the cup and the cup and"  # 32 tokens of the scripted model: two targets
 MAX_PIXELS = 100_000
 MAX_CHARS = 200
+# Long enough that a question published right after a FRAME_NEXT one reaches the node's queue while that one waits,
+# even on a loaded machine (test_frame_next_does_not_hold_up_the_questions_behind_it).
+NEXT_FRAME_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def main(scripted_model, adapters, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "node.log"
     node = NodeProcess(log, model_path=scripted_model, max_new_tokens=32, num_threads=1,
                        cameras=["camera", "cam2", "cam3"], image_topics=["image", "cam2/image", "cam3/image"],
-                       next_frame_timeout_s=0.5, diagnostics_period_s=0.2, max_target_topics=2,
+                       next_frame_timeout_s=NEXT_FRAME_TIMEOUT_S, diagnostics_period_s=0.2, max_target_topics=2,
                        max_image_pixels=MAX_PIXELS, max_query_chars=MAX_CHARS, adapter_dir=adapters, use_depth=True)
     client = Client(node)
     client.cam = Camera(client, "image", "camera_optical", seed=0)
@@ -153,6 +156,9 @@ def test_ask_action_streams_tokens_and_targets(main):
     assert response.status == GoalStatus.STATUS_SUCCEEDED
     result = response.result.result
     check_targets(result)
+    # The node publishes every feedback before it completes the goal, but feedback (a topic) and the result (a
+    # service) are separate channels that ROS 2 does not order: the last feedback may arrive after the result.
+    main.spin_until(lambda: feedback and feedback[-1].partial_answer == ANSWER, "the last feedback")
     partial = [f.partial_answer for f in feedback]
     assert len(partial) >= 30 and partial[-1] == ANSWER
     assert all(b.startswith(a) for a, b in zip(partial, partial[1:])), partial
@@ -164,19 +170,30 @@ def test_ask_action_streams_tokens_and_targets(main):
 def test_standing_query_reanswers_until_canceled(main):
     main.cam.stream(20)
     handle, feedback = _goal(main, Query(id="standing", text="Where is the cup?"), rate_hz=5.0)
-    main.spin_until(lambda: sum(f.standing_result.query_id == "standing" for f in feedback) >= 2,
-                    "two standing answers")
-    standing = [f.standing_result for f in feedback if f.standing_result.query_id == "standing"]
-    assert all(r.status == S.OK for r in standing)
-    assert len({(r.header.stamp.sec, r.header.stamp.nanosec) for r in standing}) == len(standing)  # new frames
+
+    def standing(status: int | None = None) -> list[S]:
+        return [f.standing_result for f in feedback
+                if f.standing_result.query_id == "standing" and status in (None, f.standing_result.status)]
+
+    main.spin_until(lambda: len(standing(S.OK)) >= 2, "two OK standing answers")
+    # Each answer is on the newest frame not answered yet. On a loaded machine that frame may have grown older
+    # than max_image_age_s by the time the worker takes it: STALE_IMAGE, said so, and the query goes on.
+    for r in standing():
+        assert r.status in (S.OK, S.STALE_IMAGE) and (r.status == S.OK or r.status_message), r
+    headers = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in standing()]
+    assert len(set(headers)) == len(headers), headers  # never the same frame twice
     cancel = spin_future(main.executor, handle.cancel_goal_async(), "the cancel response", main.process)
     assert len(cancel.goals_canceling) == 1
     response = spin_future(main.executor, handle.get_result_async(), "the canceled result", main.process)
     main.cam.stop()
     assert response.status == GoalStatus.STATUS_CANCELED
     assert response.result.result.status == S.CANCELED and "standing" in response.result.result.status_message
+    # Every standing answer also goes to ~/result (another channel: wait for it), the same answers in order.
+    ok = standing(S.OK)
+    main.spin_until(lambda: sum(r.query_id == "standing" and r.status == S.OK for r in main.results) >= len(ok),
+                    "the OK standing answers on ~/result")
     on_topic = [r for r in main.results if r.query_id == "standing" and r.status == S.OK]
-    assert len(on_topic) >= 2 and on_topic[0].header == standing[0].header
+    assert [r.header for r in on_topic[:len(ok)]] == [r.header for r in ok]
 
 
 def test_standing_query_with_a_tiny_rate_answers_then_cancels(main):
@@ -206,15 +223,16 @@ def test_frame_next_answers_on_a_frame_after_the_query(main):
 
 def test_frame_next_times_out(main):
     result = main.ask_full(Query(id="to", text="Where?", frame_policy=Query.FRAME_NEXT, camera="cam2"))
-    assert result.status == S.TIMEOUT and "0.5 s" in result.status_message and result.camera == "cam2"
+    assert result.status == S.TIMEOUT and f"{NEXT_FRAME_TIMEOUT_S} s" in result.status_message
+    assert result.camera == "cam2"
 
 
 def test_frame_next_does_not_hold_up_the_questions_behind_it(main):
     """A FRAME_NEXT question about a camera that sends nothing goes back in the queue behind the questions that
-    can be answered now, instead of holding the single worker until its timeout (0.5 s here)."""
+    can be answered now, instead of holding the single worker until its timeout (NEXT_FRAME_TIMEOUT_S here)."""
     main.query_full_pub.publish(Query(id="waits", text="Where?", frame_policy=Query.FRAME_NEXT, camera="cam2"))
-    main.cam.publish()  # a fresh frame for the question behind it
-    main.query_full_pub.publish(Query(id="behind", text="Where is the cup?"))
+    main.cam.publish()  # a frame for the question behind it (any age: this test is about order, not staleness)
+    main.query_full_pub.publish(Query(id="behind", text="Where is the cup?", max_image_age_s=60.0))
     behind, waits = main.result_for("behind"), main.result_for("waits")
     assert behind.status == S.OK, behind.status_message
     assert waits.status == S.TIMEOUT
@@ -294,9 +312,21 @@ def test_bad_input_gets_an_error_and_the_node_keeps_serving(main, case):
 
 
 def test_overlay_is_published_to_subscribers(main):
-    overlays = subscribe(main, Image, f"{NODE}/overlay")
-    main.spin_until(lambda: main.node.count_publishers(f"/{NODE}/overlay") > 0, "the overlay publisher")
-    result = segment(main, sample_rgb(6), "ov")
+    overlays = subscribe(main, Image, f"{NODE}/overlay", wait=True)
+    # The node draws the overlay only for subscribers it knows; seeing its publisher here does not mean it has
+    # seen our subscription yet. So ask until an answer comes with its overlay (the first one, nearly always).
+    for attempt in range(20):
+        msg = image_msg(sample_rgb(6), Header(frame_id="given"))
+        msg.header.stamp.sec = 100 + attempt  # tells the answers apart
+        request = Segment.Request(query=Query(id=f"ov{attempt}", text="Where is the cup?"), use_image=True,
+                                  image=msg)
+        result = main.call(main.segment, request, f"the Segment response ov{attempt}").result
+        check_targets(result)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not any(m.header == result.header for m in overlays):
+            main.executor.spin_once(timeout_sec=0.05)
+        if any(m.header == result.header for m in overlays):
+            break
     main.spin_until(lambda: any(m.header == result.header for m in overlays), "the overlay")
     overlay = next(m for m in overlays if m.header == result.header)
     assert overlay.encoding == "rgb8" and overlay.width == 64 and overlay.height > 48  # answer band on top

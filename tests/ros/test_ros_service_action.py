@@ -63,7 +63,10 @@ def test_ask_action_streams_feedback_and_succeeds(ros_node, server):
     assert response.status == GoalStatus.STATUS_SUCCEEDED
     result = response.result.result
     assert (result.status, result.answer, result.query_id) == (SegmentationResult.OK, ANSWER, "a1")
-    # Feedback is reliable and ordered: the partial answer grows word by word up to the full answer.
+    # Feedback (a topic) and the result (a service) are separate channels: ROS 2 does not order one against the
+    # other, so the last feedback may arrive after the result. Wait for it, then check that none was lost:
+    # feedback is reliable and ordered, the partial answer grows word by word up to the full answer.
+    spin_until(executor, lambda: feedback and feedback[-1].partial_answer == ANSWER, "the last feedback", server)
     words = ANSWER.split()
     assert [f.partial_answer for f in feedback] == [" ".join(words[:i + 1]) for i in range(len(words))]
     streamed = [t for f in feedback for t in f.new_targets]
