@@ -33,7 +33,7 @@ class EngineConfig:
     vision_tower: str | None = None  # folder of the CLIP tower; None = from the model's config.json
     device: str = "auto"  # "cpu", "cuda", "cuda:1", or "auto" (CUDA when available)
     dtype: str = "auto"  # "float32", "bfloat16", "float16" or "auto" (fp32 on CPU, bf16/fp16 on CUDA)
-    quantization: str = "none"  # "none", "8bit", "4bit" (bitsandbytes, CUDA only)
+    quantization: str = "none"  # "none", "8bit", "4bit": decoder linears via bitsandbytes (CUDA or CPU)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_question_chars: int = 2000
     max_image_pixels: int = 8192 * 8192
@@ -103,10 +103,8 @@ class Engine:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         t0 = time.perf_counter()
-        self.model, self.tokenizer = load_pixellm(config.model_path, config.vision_tower, self.device, self.dtype)
-        if config.quantization != "none":
-            from .model.quantize import quantize_llm
-            quantize_llm(self.model, config.quantization)
+        self.model, self.tokenizer = load_pixellm(config.model_path, config.vision_tower, self.device, self.dtype,
+                                                  quantization=config.quantization)
         self.load_seconds = time.perf_counter() - t0
         self.model_id = Path(config.model_path).resolve().name
         self.adapter_id = ""

@@ -14,15 +14,15 @@ from typing import Any
 
 import yaml
 
-from .engine import EngineConfig
+from .engine import EngineConfig, resolve_device, resolve_dtype
 from .model import SamplingConfig
+from .model.quantize import MODES as QUANTIZATIONS, check_quantization
 
 PARAMS_FILE = "pixellm.yaml"
 # Parameters of the model and where it may come from; every other parameter is a NodeConfig field.
 ENGINE_PARAMS = ("model_path", "model_root", "vision_tower", "device", "dtype", "quantization", "max_new_tokens",
                  "num_threads")
 FRAME_POLICIES = ("latest", "next")  # for std_msgs/String queries (Query messages carry their own policy)
-QUANTIZATIONS = ("none", "8bit", "4bit")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 
@@ -136,6 +136,12 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
     check(v["frame_policy"] in FRAME_POLICIES, f"frame_policy must be one of {FRAME_POLICIES}, got {v['frame_policy']!r}")
     check(v["quantization"] in QUANTIZATIONS, f"quantization must be one of {QUANTIZATIONS}, got {v['quantization']!r}")
     check(v["dtype"] in DTYPES, f"dtype must be one of {DTYPES}, got {v['dtype']!r}")
+    if v["quantization"] in QUANTIZATIONS[1:] and v["dtype"] in DTYPES:
+        try:  # bitsandbytes installed, and able to run on this device in this dtype (a small layer is tried)
+            device = resolve_device(v["device"])
+            check_quantization(v["quantization"], device, resolve_dtype(v["dtype"], device))
+        except (RuntimeError, ValueError) as exc:
+            problems.append(str(exc))
     cameras, topics = v["cameras"], v["image_topics"]
     check(len(cameras) >= 1 and all(cameras), f"cameras must be non-empty names, got {list(cameras)}")
     check(len(set(cameras)) == len(cameras), f"cameras must be unique, got {list(cameras)}")

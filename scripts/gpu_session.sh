@@ -13,7 +13,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import sys,torch,accelerate,peft; print(sys.version.split()[0], torch.__version__, accelerate.__version__, peft.__version__)"
 
 el "CUDA tests"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/model/test_engine.py -k "cuda or bfloat16 or quantization" 2>&1 | tail -3
+# test_quantize.py: all of it (its cuda cases run there); skipped where bitsandbytes is not installed.
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/model/test_engine.py tests/model/test_quantize.py \
+  -k "cuda or bfloat16 or quantiz" 2>&1 | tail -3
 
 el "vision-tower pretraining for the embedded default model"
 $PY -m training.init_model --preset embedded --out runs/gpu/init > /dev/null

@@ -22,6 +22,7 @@ from .clip import CLIPVisionTower
 from .config import PixelLMConfig, VisionConfig
 from .llama import Rotary
 from .pixellm import PixelLMForCausalLM
+from .quantize import Quantizer, check_quantization, prepare_quantized
 from .tokenizer import PixelLMTokenizer
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 def _set_tensor(root: nn.Module, key: str, value: torch.Tensor) -> None:
     *path, name = key.split(".")
     module = root.get_submodule(".".join(path))
-    if name in module._parameters:
-        module._parameters[name] = nn.Parameter(value, requires_grad=False)
+    if name in module._parameters:  # a quantized weight arrives as its own Parameter subclass: kept
+        module._parameters[name] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
     elif name in module._buffers:
         module._buffers[name] = value
     else:
@@ -80,8 +81,9 @@ def _set_tensor(root: nn.Module, key: str, value: torch.Tensor) -> None:
 
 
 def load_into(module: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], device, dtype,
-              ignore: re.Pattern | None = None, what: str = "checkpoint") -> None:
-    """Assign checkpoint tensors into a (meta-device) module; any missing or unexpected key is an error."""
+              ignore: re.Pattern | None = None, what: str = "checkpoint", quantize: Quantizer | None = None) -> None:
+    """Assign checkpoint tensors into a (meta-device) module; any missing or unexpected key is an error.
+    `quantize` (see quantize.py) turns the tensors it takes into quantized weights as they are read."""
     expected = {k: v.shape for k, v in module.state_dict().items()}
     seen, unexpected, bad_shape = set(), [], []
     for key, tensor in tensors:
@@ -92,7 +94,9 @@ def load_into(module: nn.Module, tensors: Iterator[tuple[str, torch.Tensor]], de
         if tuple(tensor.shape) != tuple(expected[key]):
             bad_shape.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[key])}")
             continue
-        value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
+        value = quantize(key, tensor) if quantize is not None else None
+        if value is None:
+            value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
         _set_tensor(module, key, value)
         seen.add(key)
     missing = sorted(set(expected) - seen)
@@ -145,9 +149,12 @@ def load_vision_tower(folder: str | Path, select_layer: int, image_size: int, de
 
 
 def load_pixellm(folder: str | Path, vision_tower: str | Path | None = None, device="cpu",
-                 dtype=torch.float32) -> tuple[PixelLMForCausalLM, PixelLMTokenizer]:
-    """Load an hf_model folder (official or ours) and its vision tower; returns (model, tokenizer)."""
+                 dtype=torch.float32, quantization: str = "none") -> tuple[PixelLMForCausalLM, PixelLMTokenizer]:
+    """Load an hf_model folder (official or ours) and its vision tower; returns (model, tokenizer).
+    `quantization` "8bit" / "4bit" quantizes the decoder linears as they are read (see quantize.py)."""
     folder = Path(folder)
+    device = torch.device(device)
+    check_quantization(quantization, device, dtype)  # before any weight is read: a refusal costs nothing
     config = PixelLMConfig.from_folder(folder)
     tokenizer = PixelLMTokenizer.from_folder(folder)
     if len(tokenizer) > config.vocab_size:
@@ -159,12 +166,14 @@ def load_pixellm(folder: str | Path, vision_tower: str | Path | None = None, dev
                               f"but the model expects mm_hidden_size {config.mm_hidden_size}")
     with torch.device("meta"):
         model = PixelLMForCausalLM(config)
-    load_into(model, iter_tensors(weight_files(folder)), device, dtype, ignore=IGNORED_KEYS, what=str(folder))
+    quantize = prepare_quantized(model, quantization, device, dtype) if quantization != "none" else None
+    load_into(model, iter_tensors(weight_files(folder)), device, dtype, ignore=IGNORED_KEYS, what=str(folder),
+              quantize=quantize)
     model.model.rotary = Rotary(config.head_dim, config.rope_theta).to(device)
     model.attach_vision_tower(load_vision_tower(tower_dir, config.mm_vision_select_layer,
                                                 config.resize_vision_tower_size, device, dtype))
-    log.info("loaded %s (%d layers, hidden %d) with vision tower %s on %s/%s", folder,
-             config.num_hidden_layers, config.hidden_size, tower_dir, device, dtype)
+    log.info("loaded %s (%d layers, hidden %d%s) with vision tower %s on %s/%s", folder, config.num_hidden_layers,
+             config.hidden_size, f", {quantization} decoder" if quantize else "", tower_dir, device, dtype)
     return model.eval().requires_grad_(False), tokenizer
 
 

@@ -133,13 +133,6 @@ def test_bfloat16_on_cpu_runs(taught_dir, rgb, taught):
     assert engine.model is None
 
 
-def test_quantization_needs_cuda(taught_dir):
-    if HAS_CUDA:
-        pytest.skip("checked by the CUDA test")
-    with pytest.raises(RuntimeError, match="CUDA"):
-        Engine(EngineConfig(model_path=str(taught_dir), device="cpu", quantization="8bit"))
-
-
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_matches_cpu_and_frees_memory(taught_dir, rgb, taught):
     cpu = Engine.from_pretrained(taught_dir, device="cpu", dtype="float32")
