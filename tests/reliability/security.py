@@ -108,7 +108,7 @@ def data_path_probe(workdir: Path) -> dict:
     tricks = ["../outside/x.png", str(outside / "x.png"), "link.png"]
     for i, path in enumerate(tricks):
         (data / f"r{i}.json").write_text(json.dumps({"shapes": [shape], "imagePath": path, "imageData": None}))
-    (workdir / "muse.json").write_text(json.dumps([{"file_name": t, "height": 8, "width": 8, "ann_list": [],
+    (workdir / "muse.json").write_text(json.dumps([{"file_name": t, "height": 8, "width": 8, "ann_list": [{}],
                                                   "questions": ["Q?"], "answers": [[]]} for t in tricks]))
     tried = refused = 0
     for ds in (LabelmeDataset(data), MuseDataset(workdir / "muse.json", data)):

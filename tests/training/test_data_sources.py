@@ -61,19 +61,22 @@ def inst(seg, name="cup", rephrased="the red cup"):
     return d
 
 
+ANN = {"segmentation": [[1, 1, 4, 1, 4, 4]], "bbox": [1, 1, 3, 3], "category_id": 47, "category_name": "cup"}
+
+
 @pytest.fixture
 def muse(tmp_path):
     rgb = write_image(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000001.jpg")
     write_image(tmp_path / "coco" / "val2017" / "000000000002.png", seed=1)
     records = [
-        {"file_name": "COCO_train2014_000000000001.jpg", "height": H, "width": W, "ann_list": [],
+        {"file_name": "COCO_train2014_000000000001.jpg", "height": H, "width": W, "ann_list": [ANN],
          "questions": ["What can I drink from?", "Which things are on the left?"],
          "answers": [[inst(rect_poly(10, 5, 20, 15))],
                      [inst(uncompressed_rle(box(0, 0, 5, 10)), "bowl", "the bowl"),
                       inst(compressed_rle(box(30, 20, 40, 30)), "knife", None)]],
          "text_answers": ["You can drink from {seg}.", None]},
         {"coco_url": "http://images.cocodataset.org/val2017/000000000002.png", "height": H, "width": W,
-         "ann_list": [], "questions": ["Anything here?", "Two parts?"],
+         "ann_list": [ANN], "questions": ["Anything here?", "Two parts?"],
          "answers": [[], [inst([[0, 0, 10, 0, 10, 10, 0, 10], [5, 5, 15, 5, 15, 15, 5, 15]])]]},
     ]
     path = tmp_path / "muse.json"
@@ -139,11 +142,26 @@ def test_muse_bad_records_name_file_and_index(muse, case, message):
 
 def test_muse_malformed_record_raises_on_access(tmp_path):
     path = tmp_path / "m.json"
-    path.write_text(json.dumps([{"questions": ["a", "b"], "answers": [[]]}]))
+    path.write_text(json.dumps([{"ann_list": [ANN], "questions": ["a", "b"], "answers": [[]]}]))
     ds = MuseDataset(path, tmp_path)
     assert len(ds) == 1
     with pytest.raises(DataError, match=r"m.json: record 0: malformed record: 2 questions but 1"):
         ds[0]
+
+
+@pytest.mark.parametrize("ann_list", [[], None, "missing"])
+def test_muse_record_without_instances_is_malformed_even_with_answers(muse, ann_list):
+    path, root, records, _ = muse
+    if ann_list == "missing":
+        del records[1]["ann_list"]
+    else:
+        records[1]["ann_list"] = ann_list
+    path.write_text(json.dumps(records))
+    ds = MuseDataset(path, root)
+    assert len(ds) == 2 + 1 and ds.malformed == {1: ds.malformed[1]} and "'ann_list' is missing or empty" in ds.malformed[1]
+    with pytest.raises(DataError, match=r"muse\.json: record 1: malformed record: 'ann_list' is missing or empty"):
+        ds[2]
+    assert len(ds[1].masks) == 2  # record 0 is read as before
 
 
 def test_compressed_rle_is_checked_before_decoding():
@@ -313,7 +331,7 @@ def test_records_cannot_read_images_outside_the_data_folder(tmp_path):
     for i in range(len(ds)):
         with pytest.raises(DataError, match="outside the data folder"):
             ds[i]
-    records = [{"file_name": "../secret/x.png", "height": H, "width": W, "ann_list": [], "questions": ["Q?"],
+    records = [{"file_name": "../secret/x.png", "height": H, "width": W, "ann_list": [ANN], "questions": ["Q?"],
                 "answers": [[inst(rect_poly(1, 1, 5, 5))]]}]
     (data / "muse.json").write_text(json.dumps(records))
     with pytest.raises(DataError, match="outside the data folder"):

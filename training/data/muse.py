@@ -12,6 +12,11 @@ coordinates, a "{seg}" count that does not match the targets, a mask of the wron
 image raise DataError naming the file and the record / question index. Compressed (string) RLE,
 which the release rejects, is accepted.
 
+A record whose `ann_list` is missing or empty is malformed, whatever its `answers` say (both release
+loaders skip it: an image without instances). Malformed records stay in the index, are logged with
+file and record index when the file is read (`malformed` keeps the reasons) and raise DataError when
+read, so a training mixture skips them like any other bad record.
+
 Records without `questions` (the release's instance mode) give one question per category of
 `ann_list`: "Segment every {category}." with one mask per instance.
 """
@@ -238,27 +243,29 @@ class MuseDataset:
         self.records = records
         # (record, question); question -1 marks a record too broken to count (it raises on access).
         self.index: list[tuple[int, int]] = []
-        broken = 0
+        self.malformed: dict[int, str] = {}  # record index -> why
         for r, rec in enumerate(records):
             n = self._count(rec)
             if n is None:
-                broken += 1
+                self.malformed[r] = self._why_broken(rec)
                 self.index.append((r, -1))
             else:
                 self.index += [(r, q) for q in range(n)]
-        if broken:
-            log.warning("%s: %d of %d records are malformed (they raise DataError when read)",
-                        self.json_path, broken, len(records))
+        if self.malformed:
+            shown = "; ".join(f"record {r}: {why}" for r, why in list(self.malformed.items())[:5])
+            log.warning("%s: %d of %d records are malformed (they raise DataError when read): %s%s",
+                        self.json_path, len(self.malformed), len(records), shown,
+                        "; ..." if len(self.malformed) > 5 else "")
 
     @staticmethod
     def _count(rec: Any) -> int | None:
         if not isinstance(rec, dict):
             return None
+        anns = rec.get("ann_list")
+        if not isinstance(anns, list) or not anns:
+            return None
         qs = rec.get("questions")
         if qs is None:
-            anns = rec.get("ann_list")
-            if not isinstance(anns, list):
-                return None
             try:
                 return len({a.get("category_id", a.get("category_name")) for a in anns if isinstance(a, dict)})
             except TypeError:  # an unhashable category
@@ -278,7 +285,7 @@ class MuseDataset:
         where = self._where(r, q)
         rec = self.records[r]
         if q < 0:
-            raise DataError(f"{where}: malformed record: {self._why_broken(rec)}")
+            raise DataError(f"{where}: malformed record: {self.malformed[r]}")
         height, width = image_size(rec, where)
         if "questions" in rec and rec["questions"] is not None:
             question, instances, text = self._question(rec, q, where)
@@ -340,8 +347,11 @@ class MuseDataset:
     def _why_broken(rec: Any) -> str:
         if not isinstance(rec, dict):
             return f"expected a dict, got {type(rec).__name__}"
+        anns = rec.get("ann_list")
+        if not isinstance(anns, list) or not anns:
+            return "'ann_list' is missing or empty (an image without instances; the release skips it too)"
         if rec.get("questions") is None:
-            return "no 'questions', and 'ann_list' is missing or unusable"
+            return "no 'questions', and the categories of 'ann_list' are unusable"
         if not isinstance(rec["questions"], list):
             return "'questions' is not a list"
         if not isinstance(rec.get("answers"), list):
