@@ -1,11 +1,31 @@
-"""Evaluate a model on held-out samples: gIoU, cIoU (MUSE-style, Hungarian-matched), target count.
+"""Evaluate a model (or saved predictions) on held-out questions: gIoU, cIoU (MUSE-style), target count.
 
     python -m training.evaluate --model DIR [--samples 200 --seed 9999 --style default] [--out DIR]
+    python -m training.evaluate --muse FILE [--image-root DIR] --model DIR [--samples N] [--out DIR]
+    python -m training.evaluate --muse FILE [--image-root DIR] --predictions DIR [--out DIR]
 
-Metrics as the official MUSE validation computes them: per question, predictions and targets are
-matched by the Hungarian algorithm on IoU; an unmatched target or prediction pairs with an empty mask
-(IoU 0). gIoU = sum of pair IoUs / sum over questions of max(#pred, #gt); cIoU = total intersection /
-total union. Questions with no target and no prediction count as correct and add nothing to gIoU.
+The first form asks the synthetic held-out split (one question per scene). `--muse` asks every question
+of a MUSE-format file on its image (the image is encoded once, then each question asked on it);
+`--samples N` takes whole images in file order until N questions are reached. Malformed records and
+questions are reported (log and report.json "skipped") and left out.
+
+`--predictions DIR` scores saved masks instead of a model, so another system's outputs are scored with
+the same metric: one file per predicted target, named `r{R}_q{Q}_t{T}.npy` or `r{R}_q{Q}_t{T}.png`, where
+R is the record's index in the MUSE JSON list, Q the question's index in that record's `questions`, and
+T the target's index in the answer (0, 1, ... without gaps); all 0-based, zero padding allowed
+(`r0012_q0_t1.png`). A question without files predicted no target. A mask is the image's size
+(`height` x `width` of the record): `.npy` a 2-D array, true where > 0 (bool, 0/1, or logits as the
+release thresholds them; not probabilities); `.png` a single-channel image, true where non-zero.
+
+Metrics as the release's MUSE validation (`ar_validate` in train_ds.py) computes them. Per question,
+predictions are matched to targets by the Hungarian algorithm on IoU (never across questions); an
+unmatched target or prediction pairs with an empty mask. A pair's IoU is I / U, and 1 when both of its
+masks are empty (U = 0), as the release counts it. gIoU = sum of all pair IoUs / sum over IMAGES of
+max(predictions, targets), both counted over all questions of the image (the release validates one
+image per step); a question without an image key (the synthetic split) is its own image. cIoU = total
+intersection / total union over all pairs. A question with no target and no prediction counts as a
+right target count and adds nothing to either. The report also gives these by number of targets per
+question (0 when there are such questions, 1, 2, 3, 4+), each over its own questions grouped the same way.
 Writes report.json and examples.png (predicted vs true masks).
 """
 from __future__ import annotations
@@ -13,87 +33,104 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable, Sequence
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
-from pixellm_ros.engine import Engine, EngineConfig, Result
+from pixellm_ros.engine import Engine, EngineConfig
 from pixellm_ros.model import SamplingConfig
 from pixellm_ros.overlay import draw_overlay
 
-from .data.sample import Sample
+from .data.sample import DataError, Sample
 from .data.synthetic import QUESTION_KINDS, SyntheticConfig, synthetic_sample
 
 log = logging.getLogger(__name__)
+SYNTHETIC_MAX_NEW_TOKENS = 96  # the tabletop answers are short
+MUSE_MAX_NEW_TOKENS = 512  # the release's validation
+PREDICTION_FILE = re.compile(r"^r(\d+)_q(\d+)_t(\d+)\.(npy|png)$")
 
 
 def iou_matrix(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pred (P, H, W), gt (G, H, W) bool -> intersection, union, IoU, each (P, G)."""
-    p = pred.reshape(len(pred), -1).astype(np.float64)
-    g = gt.reshape(len(gt), -1).astype(np.float64)
+    """pred (P, H, W), gt (G, H, W) bool -> intersection, union, IoU, each (P, G); IoU 1 where U = 0."""
+    p = pred.reshape(len(pred), int(np.prod(pred.shape[1:]))).astype(np.float64)
+    g = gt.reshape(len(gt), int(np.prod(gt.shape[1:]))).astype(np.float64)
     inter = p @ g.T
     union = p.sum(1)[:, None] + g.sum(1)[None] - inter
-    return inter, union, np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return inter, union, np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def score_question(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
+    """pred (P, H, W), gt (G, H, W) bool -> (sum of pair IoUs, intersection, union) after Hungarian matching."""
+    inter, union, iou = iou_matrix(pred, gt)
+    rows, cols = linear_sum_assignment(-iou)
+    unmatched = [pred[i] for i in sorted(set(range(len(pred))) - set(rows))]
+    unmatched += [gt[j] for j in sorted(set(range(len(gt))) - set(cols))]
+    areas = [float(m.sum()) for m in unmatched]  # paired with an empty mask: I = 0, U = area
+    pairs_iou = float(iou[rows, cols].sum()) + sum(a == 0 for a in areas)
+    return pairs_iou, float(inter[rows, cols].sum()), float(union[rows, cols].sum()) + sum(areas)
+
+
+def target_bucket(n: int) -> str:
+    return "4+" if n >= 4 else str(n)
 
 
 @dataclass
 class Metrics:
-    iou_sum: float = 0.0
-    iou_denominator: int = 0
-    intersection: float = 0.0
-    union: float = 0.0
-    questions: int = 0
-    count_correct: int = 0
+    """Questions added one by one, grouped by image for gIoU's denominator (see the module docstring)."""
+
     per_question: list[dict] = field(default_factory=list)
 
-    def add(self, pred: np.ndarray, gt: np.ndarray, info: dict | None = None) -> float:
-        """Add one question; returns its mean matched IoU (1.0 when both are empty)."""
-        self.questions += 1
-        self.count_correct += int(len(pred) == len(gt))
+    def add(self, pred: np.ndarray, gt: np.ndarray, info: dict | None = None, image: Hashable | None = None) -> float:
+        """Add one question, (P, H, W) and (G, H, W) bool, asked on `image` (a key; None: its own image).
+        Returns its mean pair IoU (1.0 when both are empty)."""
+        pairs_iou, inter, union = score_question(pred, gt)
         n = max(len(pred), len(gt))
-        if n == 0:
-            q_iou = 1.0
-        else:
-            pairs_iou = 0.0
-            if len(pred) and len(gt):
-                inter, union, iou = iou_matrix(pred, gt)
-                rows, cols = linear_sum_assignment(-iou)
-                pairs_iou = float(iou[rows, cols].sum())
-                self.intersection += float(inter[rows, cols].sum())
-                self.union += float(union[rows, cols].sum())
-                matched_p, matched_g = set(rows), set(cols)
-            else:
-                matched_p, matched_g = set(), set()
-            self.union += sum(float(pred[i].sum()) for i in range(len(pred)) if i not in matched_p)
-            self.union += sum(float(gt[j].sum()) for j in range(len(gt)) if j not in matched_g)
-            self.iou_sum += pairs_iou
-            self.iou_denominator += n
-            q_iou = pairs_iou / n
-        self.per_question.append({**(info or {}), "pred": len(pred), "gt": len(gt), "iou": q_iou})
+        q_iou = pairs_iou / n if n else 1.0
+        self.per_question.append({**(info or {}), "image": image, "pred": len(pred), "gt": len(gt), "iou": q_iou,
+                                  "pair_iou_sum": pairs_iou, "intersection": inter, "union": union})
         return q_iou
 
-    def summary(self) -> dict:
-        return {"questions": self.questions,
-                "gIoU": self.iou_sum / self.iou_denominator if self.iou_denominator else float("nan"),
-                "cIoU": self.intersection / self.union if self.union else float("nan"),
-                "target_count_accuracy": self.count_correct / max(self.questions, 1)}
+    def summary(self, questions: Sequence[dict] | None = None) -> dict:
+        """gIoU, cIoU and target-count accuracy over `questions` (entries of per_question; default all)."""
+        qs = self.per_question if questions is None else questions
+        counts: dict = {}  # image -> [predictions, targets] over its questions
+        for k, q in enumerate(qs):
+            c = counts.setdefault(("question", k) if q["image"] is None else ("image", q["image"]), [0, 0])
+            c[0] += q["pred"]
+            c[1] += q["gt"]
+        denominator = sum(max(p, g) for p, g in counts.values())
+        union = sum(q["union"] for q in qs)
+        return {"questions": len(qs), "images": len(counts),
+                "gIoU": sum(q["pair_iou_sum"] for q in qs) / denominator if denominator else float("nan"),
+                "cIoU": sum(q["intersection"] for q in qs) / union if union else float("nan"),
+                "target_count_accuracy": sum(q["pred"] == q["gt"] for q in qs) / max(len(qs), 1)}
+
+    def by_targets(self) -> dict:
+        """summary() of the questions with 0 (if any), 1, 2, 3 and 4+ true targets."""
+        buckets: dict[str, list[dict]] = {"0": [], "1": [], "2": [], "3": [], "4+": []}
+        for q in self.per_question:
+            buckets[target_bucket(q["gt"])].append(q)
+        return {k: self.summary(v) for k, v in buckets.items() if v or k != "0"}
 
 
-def evaluate_engine(engine: Engine, samples: list[Sample], out: Path | None = None, examples: int = 8) -> dict:
-    metrics = Metrics()
-    shown = []
-    for s in tqdm(samples, desc="eval", leave=False):
-        engine.set_image(s.image)
-        r = engine.ask(s.question)
-        pred = np.stack([t.mask for t in r.targets]) if r.targets else np.zeros((0, *s.image.shape[:2]), bool)
-        metrics.add(pred, s.masks, {"source": s.source, "question": s.question, "answer": r.answer})
-        if len(shown) < examples:
-            shown.append((s, r))
-    report = metrics.summary()
+@dataclass
+class Prediction:
+    """What a model (or a saved-predictions folder) said about one question."""
+
+    masks: np.ndarray  # (P, H, W) bool
+    names: list[str] = field(default_factory=list)
+    answer: str = ""
+
+
+def write_report(metrics: Metrics, shown: list[tuple[Sample, Prediction]], out: Path | None, **extra) -> dict:
+    """The summary (+ by number of targets); with `out`, report.json and examples.png there."""
+    report = {**metrics.summary(), "by_targets": metrics.by_targets(), **extra}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps({**report, "per_question": metrics.per_question}, indent=2))
@@ -101,12 +138,136 @@ def evaluate_engine(engine: Engine, samples: list[Sample], out: Path | None = No
     return report
 
 
-def write_examples(shown: list[tuple[Sample, Result]], path: Path, width: int = 320) -> None:
+def engine_prediction(engine: Engine, question: str) -> Prediction:
+    r = engine.ask(question)
+    masks = np.stack([t.mask for t in r.targets]) if r.targets else np.zeros((0, *r.image_size), bool)
+    return Prediction(masks, [t.phrase for t in r.targets], r.answer)
+
+
+def evaluate_engine(engine: Engine, samples: list[Sample], out: Path | None = None, examples: int = 8) -> dict:
+    """One question per sample, each on its own image."""
+    metrics = Metrics()
+    shown = []
+    for s in tqdm(samples, desc="eval", leave=False):
+        engine.set_image(s.image)
+        p = engine_prediction(engine, s.question)
+        metrics.add(p.masks, s.masks, {"source": s.source, "question": s.question, "answer": p.answer})
+        if len(shown) < examples:
+            shown.append((s, p))
+    return write_report(metrics, shown, out)
+
+
+# ------------------------------------------------------------------------------------------------ MUSE
+
+def muse_questions(ds, samples: int | None = None) -> tuple[dict[int, list[tuple[int, int]]], list[str]]:
+    """record -> [(dataset index, question index)] in file order, whole images until `samples` questions;
+    and the messages of the malformed records met on the way."""
+    by_record: dict[int, list[tuple[int, int]]] = {}
+    skipped = []
+    taken = 0
+    for i, (r, q) in enumerate(ds.index):
+        if r not in by_record and samples is not None and taken >= samples:
+            break
+        if q < 0:
+            skipped.append(f"{ds.json_path}: record {r}: malformed record: {ds.malformed[r]}")
+            continue
+        by_record.setdefault(r, []).append((i, q))
+        taken += 1
+    return by_record, skipped
+
+
+Predictor = Callable[[int, list[tuple[int, Sample]]], list[Prediction]]
+
+
+def model_predictor(engine: Engine) -> Predictor:
+    """Encode the record's image once, then ask each of its questions on it."""
+    def predict(r: int, questions: list[tuple[int, Sample]]) -> list[Prediction]:
+        engine.set_image(questions[0][1].image, image_key=f"muse record {r}")
+        return [engine_prediction(engine, s.question) for _, s in questions]
+    return predict
+
+
+def saved_predictor(folder: Path) -> tuple[Predictor, Callable[[], list[str]]]:
+    """Masks named r{R}_q{Q}_t{T}.npy / .png (module docstring); also returns a function listing the
+    files not used so far."""
+    if not folder.is_dir():
+        raise DataError(f"--predictions {folder}: not a folder")
+    files: dict[tuple[int, int], dict[int, Path]] = {}
+    unused = set()
+    for path in sorted(folder.iterdir()):
+        m = PREDICTION_FILE.match(path.name)
+        if not m:
+            if path.suffix in (".npy", ".png"):
+                unused.add(path.name)
+            continue
+        r, q, t = (int(x) for x in m.groups()[:3])
+        if t in files.setdefault((r, q), {}):
+            raise DataError(f"{path}: target {t} of record {r} question {q} has two files "
+                             f"({files[(r, q)][t].name} too): keep one")
+        files[(r, q)][t] = path
+        unused.add(path.name)
+
+    def load(path: Path, size: tuple[int, int]) -> np.ndarray:
+        if path.suffix == ".npy":
+            m = np.load(path, allow_pickle=False)
+        else:
+            m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+            if m is None:
+                raise DataError(f"{path}: cannot decode the PNG")
+        if m.shape != size:
+            raise DataError(f"{path}: mask is {'x'.join(map(str, m.shape))}, the image is {size[0]}x{size[1]}")
+        return m > 0
+
+    def predict(r: int, questions: list[tuple[int, Sample]]) -> list[Prediction]:
+        out = []
+        for q, s in questions:
+            targets = files.get((r, q), {})
+            if sorted(targets) != list(range(len(targets))):
+                raise DataError(f"{folder}: record {r} question {q} has targets {sorted(targets)}: "
+                                 f"number them 0, 1, ... without gaps")
+            size = s.image.shape[:2]
+            masks = [load(targets[t], size) for t in range(len(targets))]
+            unused.difference_update(p.name for p in targets.values())
+            out.append(Prediction(np.stack(masks) if masks else np.zeros((0, *size), bool),
+                                  [f"t{t}" for t in range(len(masks))], f"{len(masks)} saved masks"))
+        return out
+
+    return predict, lambda: sorted(unused)
+
+
+def evaluate_muse(ds, predict: Predictor, out: Path | None = None, samples: int | None = None,
+                  examples: int = 8) -> tuple[dict, list[str]]:
+    """Every question of each MUSE record (whole images, see muse_questions) scored with `predict`;
+    returns the report and the skipped records / questions (also in report.json)."""
+    by_record, skipped = muse_questions(ds, samples)
+    metrics = Metrics()
+    shown = []
+    for r, entries in tqdm(by_record.items(), desc="eval", leave=False):
+        questions = []
+        for i, q in entries:
+            try:
+                questions.append((q, ds[i]))
+            except DataError as e:
+                skipped.append(str(e))
+        if not questions:
+            continue
+        for (q, s), p in zip(questions, predict(r, questions)):
+            metrics.add(p.masks, s.masks, {"record": r, "question_index": q, "question": s.question,
+                                           "answer": p.answer}, image=r)
+            if len(shown) < examples:
+                shown.append((s, p))
+    for msg in skipped:
+        log.warning("skipped: %s", msg)
+    return write_report(metrics, shown, out, skipped=skipped), skipped
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+def write_examples(shown: list[tuple[Sample, Prediction]], path: Path, width: int = 320) -> None:
     """Grid: one row per example, predicted overlay left, ground truth right."""
     rows = []
-    for s, r in shown:
-        pred = draw_overlay(s.image, [t.mask for t in r.targets], [t.phrase for t in r.targets],
-                            f"Q: {s.question} | predicted: {r.answer}")
+    for s, p in shown:
+        pred = draw_overlay(s.image, list(p.masks), p.names, f"Q: {s.question} | predicted: {p.answer}")
         true = draw_overlay(s.image, list(s.masks), s.names, "truth: " + s.answer.replace("{seg}", "[mask]"))
         h = max(pred.shape[0], true.shape[0])
         pair = [cv2.copyMakeBorder(x, 0, h - x.shape[0], 0, 4, cv2.BORDER_CONSTANT, value=(255, 255, 255))
@@ -127,24 +288,54 @@ def synthetic_eval_set(n: int, seed: int, style: str = "default", kinds: tuple[s
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="model folder (hf_model layout)")
     ap.add_argument("--adapter", help="LoRA adapter folder to apply")
-    ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--muse", help="MUSE-format JSON file to evaluate on (default: the synthetic held-out split)")
+    ap.add_argument("--image-root", default="", help="where the MUSE images are (default: the file's folder)")
+    ap.add_argument("--predictions", help="with --muse: score the masks saved in this folder instead of a model")
+    ap.add_argument("--samples", type=int, help="questions (synthetic default 200; MUSE default all, whole images)")
     ap.add_argument("--seed", type=int, default=9999, help="held-out seed (training uses other seeds)")
     ap.add_argument("--style", default="default")
     ap.add_argument("--kinds", nargs="*")
     ap.add_argument("--phrasing", default="template", help="question phrasings: template or varied")
     ap.add_argument("--question-kind", choices=QUESTION_KINDS, help="ask only this kind (default: the usual mix)")
+    ap.add_argument("--max-new-tokens", type=int,
+                    help=f"answer length limit (synthetic {SYNTHETIC_MAX_NEW_TOKENS}, MUSE {MUSE_MAX_NEW_TOKENS})")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    if bool(args.model) == bool(args.predictions):
+        ap.error("give --model or --predictions (one of them)")
+    if args.predictions and not args.muse:
+        ap.error("--predictions scores a MUSE file: give --muse FILE too")
     logging.basicConfig(level=logging.INFO)
-    engine = Engine(EngineConfig(model_path=args.model, device=args.device, sampling=SamplingConfig(max_new_tokens=96)))
-    if args.adapter:
-        engine.load_adapter(args.adapter)
-    samples = synthetic_eval_set(args.samples, args.seed, args.style, tuple(args.kinds) if args.kinds else None,
-                                 args.phrasing, args.question_kind)
-    report = evaluate_engine(engine, samples, Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    engine = None
+    if args.model:
+        limit = args.max_new_tokens or (MUSE_MAX_NEW_TOKENS if args.muse else SYNTHETIC_MAX_NEW_TOKENS)
+        engine = Engine(EngineConfig(model_path=args.model, device=args.device,
+                                     sampling=SamplingConfig(max_new_tokens=limit)))
+        if args.adapter:
+            engine.load_adapter(args.adapter)
+    if args.muse:
+        from .data.muse import MuseDataset
+        try:  # a file that cannot be read or a bad prediction file stops the run (records are only skipped)
+            ds = MuseDataset(args.muse, args.image_root)
+            if engine is not None:
+                report, _ = evaluate_muse(ds, model_predictor(engine), out, args.samples)
+            else:
+                predict, unused = saved_predictor(Path(args.predictions))
+                report, _ = evaluate_muse(ds, predict, out, args.samples)
+                if unused():
+                    log.warning("%d prediction files were not used (not named r{R}_q{Q}_t{T}, or not a "
+                                "question evaluated): %s", len(unused()), ", ".join(unused()[:5]))
+        except DataError as e:
+            raise SystemExit(f"error: {e}") from e
+        report = {**report, "skipped": len(report["skipped"])}
+    else:
+        samples = synthetic_eval_set(args.samples or 200, args.seed, args.style,
+                                     tuple(args.kinds) if args.kinds else None, args.phrasing, args.question_kind)
+        report = evaluate_engine(engine, samples, out)
     print(json.dumps(report, indent=2))
     return 0
 
