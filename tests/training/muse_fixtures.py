@@ -51,3 +51,14 @@ def inst(seg, name="cup", rephrased="the red cup"):
 
 
 ANN = {"segmentation": [[1, 1, 4, 1, 4, 4]], "bbox": [1, 1, 3, 3], "category_id": 47, "category_name": "cup"}
+
+
+def polygon_and_rle_record() -> dict:
+    """A MUSE record (image COCO_train2014_000000000001.jpg) with a polygon, an uncompressed and a compressed
+    RLE target; its second question has a null text answer."""
+    return {"file_name": "COCO_train2014_000000000001.jpg", "height": H, "width": W, "ann_list": [ANN],
+            "questions": ["What can I drink from?", "Which things are on the left?"],
+            "answers": [[inst(rect_poly(10, 5, 20, 15))],
+                        [inst(uncompressed_rle(box(0, 0, 5, 10)), "bowl", "the bowl"),
+                         inst(compressed_rle(box(30, 20, 40, 30)), "knife", None)]],
+            "text_answers": ["You can drink from {seg}.", None]}

@@ -12,7 +12,8 @@ from training.data.labelme import CocoDataset, LabelmeDataset
 from training.data.muse import MuseDataset, compressed_counts, decode_segmentation
 from training.data.sample import SEG_PLACEHOLDER, DataError
 
-from muse_fixtures import ANN, H, W, box, compressed_rle, inst, rect_poly, uncompressed_rle, write_image
+from muse_fixtures import (ANN, H, W, box, compressed_rle, inst, polygon_and_rle_record, rect_poly, uncompressed_rle,
+                           write_image)
 
 # pycocotools' decode under numpy 2 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -23,12 +24,7 @@ def muse(tmp_path):
     rgb = write_image(tmp_path / "coco" / "train2014" / "COCO_train2014_000000000001.jpg")
     write_image(tmp_path / "coco" / "val2017" / "000000000002.png", seed=1)
     records = [
-        {"file_name": "COCO_train2014_000000000001.jpg", "height": H, "width": W, "ann_list": [ANN],
-         "questions": ["What can I drink from?", "Which things are on the left?"],
-         "answers": [[inst(rect_poly(10, 5, 20, 15))],
-                     [inst(uncompressed_rle(box(0, 0, 5, 10)), "bowl", "the bowl"),
-                      inst(compressed_rle(box(30, 20, 40, 30)), "knife", None)]],
-         "text_answers": ["You can drink from {seg}.", None]},
+        polygon_and_rle_record(),
         {"coco_url": "http://images.cocodataset.org/val2017/000000000002.png", "height": H, "width": W,
          "ann_list": [ANN], "questions": ["Anything here?", "Two parts?"],
          "answers": [[], [inst([[0, 0, 10, 0, 10, 10, 0, 10], [5, 5, 15, 5, 15, 15, 5, 15]])]]},

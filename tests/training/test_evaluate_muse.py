@@ -10,7 +10,7 @@ import pytest
 from pixellm_ros.engine import Engine
 from training.evaluate import main
 
-from muse_fixtures import ANN, H, W, box, compressed_rle, inst, rect_poly, uncompressed_rle, write_image
+from muse_fixtures import ANN, H, W, box, inst, polygon_and_rle_record, rect_poly, write_image
 
 # pycocotools' decode under numpy 2 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -25,12 +25,7 @@ def muse_file(tmp_path):
     write_image(tmp_path / "coco" / "train2014" / TRAIN_IMAGE)
     write_image(tmp_path / "coco" / "val2017" / "000000000002.png", seed=1)
     records = [
-        {"file_name": TRAIN_IMAGE, "height": H, "width": W, "ann_list": [ANN],
-         "questions": ["What can I drink from?", "Which things are on the left?"],
-         "answers": [[inst(rect_poly(10, 5, 20, 15))],
-                     [inst(uncompressed_rle(box(0, 0, 5, 10)), "bowl", "the bowl"),
-                      inst(compressed_rle(box(30, 20, 40, 30)), "knife", None)]],
-         "text_answers": ["You can drink from {seg}.", None]},
+        polygon_and_rle_record(),
         {"coco_url": "http://images.cocodataset.org/val2017/000000000002.png", "height": H, "width": W,
          "ann_list": [ANN], "questions": ["Anything to eat?", "Which four?"],
          "answers": [[], [inst(rect_poly(x, 0, x + 4, 4), "block", f"block {x}") for x in (0, 10, 20, 30)]]},
