@@ -197,7 +197,7 @@ def make_adapters(model: Path, root: Path) -> Path:
 
 
 def run_fuzz(model: Path, workdir: Path, messages: int = 600, seed: int = 0, compressed: bool = False,
-             batch: int = 40, answer_timeout: float = 60.0, topic_timeout: float = 10.0) -> dict:
+             batch: int = 40, answer_timeout: float = 60.0, topic_timeout: float = 30.0) -> dict:
     """Send about `messages` fuzzed messages (one phase: raw or compressed camera topics); the figures."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)

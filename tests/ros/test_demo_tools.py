@@ -26,7 +26,9 @@ def start(module: str, *args: str, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> int:
-    demo.stop(proc, proc.args[2])
+    from ros_helpers import STOP_TIMEOUT_S
+
+    demo.stop(proc, proc.args[2], timeout_s=STOP_TIMEOUT_S)
     return proc.returncode
 
 

@@ -11,7 +11,8 @@ from geometry_msgs.msg import PoseArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 
-from node_fixtures import (NODE, RELIABLE, Camera, Client, NodeProcess, build_adapter, image_msg, spin_future,
+from node_fixtures import (DEADLINE_S, NODE, RELIABLE, Camera, Client, NodeProcess, build_adapter, image_msg,
+                           spin_future,
                            sample_rgb)
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
@@ -44,22 +45,24 @@ def main(scripted_model, adapters, tmp_path_factory):
                        next_frame_timeout_s=NEXT_FRAME_TIMEOUT_S, diagnostics_period_s=0.2, max_target_topics=2,
                        max_image_pixels=MAX_PIXELS, max_query_chars=MAX_CHARS, adapter_dir=adapters, use_depth=True)
     client = Client(node)
-    client.cam = Camera(client, "image", "camera_optical", seed=0)
-    client.cam2 = Camera(client, "cam2/image", "cam2_optical", seed=1)
-    client.cam3 = Camera(client, "cam3/image", "cam3_optical", seed=2)
-    client.wait_connected(client.cam.pub, client.cam2.pub, client.cam3.pub)
-    wait_active(client)
-    yield client
-    client.close()
-    code = node.stop()
-    print(f"--- node exited with {code} ---\n{node.log()}")
+    try:  # stopped even when the set-up fails: a node left running would answer the next modules' questions
+        client.cam = Camera(client, "image", "camera_optical", seed=0)
+        client.cam2 = Camera(client, "cam2/image", "cam2_optical", seed=1)
+        client.cam3 = Camera(client, "cam3/image", "cam3_optical", seed=2)
+        client.wait_connected(client.cam.pub, client.cam2.pub, client.cam3.pub)
+        wait_active(client)
+        yield client
+    finally:
+        client.close()
+        code = node.stop()
+        print(f"--- node exited with {code} ---\n{node.log()}")
 
 
 def wait_active(client: Client) -> None:
     """Until the node answers (autostart: configure + activate, then the model is loaded)."""
     req = Segment.Request(query=Query(id="ping", text="ping"), use_image=True,
                           image=image_msg(sample_rgb(9), Header(frame_id="ping")))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 2 * DEADLINE_S
     while (status := client.call(client.segment, req, "a ping answer").result.status) == S.NOT_READY:
         assert time.monotonic() < deadline, "the node did not become active"
         client.executor.spin_once(timeout_sec=0.2)
@@ -138,7 +141,7 @@ def test_segment_service_uses_the_supplied_image(main):
 
 
 def _goal(main, query: Query, rate_hz: float = 0.0):
-    assert main.ask.wait_for_server(timeout_sec=15)
+    assert main.ask.wait_for_server(timeout_sec=DEADLINE_S)
     feedback = []
     future = main.ask.send_goal_async(Ask.Goal(query=query, rate_hz=rate_hz),
                                       feedback_callback=lambda m: feedback.append(m.feedback))

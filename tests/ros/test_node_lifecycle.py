@@ -11,7 +11,7 @@ from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import State, Transition
 from std_msgs.msg import Header
 
-from node_fixtures import NODE, Camera, Client, Lifecycle, NodeProcess, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
+from node_fixtures import DEADLINE_S, NODE, Camera, Client, Lifecycle, NodeProcess, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import Segment
@@ -71,14 +71,14 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     client = start_node(model_path=scripted_model, max_new_tokens=tokens, queue_size=1, max_image_age_s=0.0)
     cam = Camera(client, "image", "camera_optical")
     client.wait_connected(cam.pub)
-    client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=60)
+    client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=2 * DEADLINE_S)
     n = client.frames("camera")
     cam.publish()
     client.wait_frames("camera", n + 1)
     ids = [f"b{i}" for i in range(6)]
     for qid in ids:
         client.query_full_pub.publish(Query(id=qid, text="Where is the cup?"))
-    client.spin_until(lambda: {r.query_id for r in client.results} >= set(ids), "a result for every query", 60)
+    client.spin_until(lambda: {r.query_id for r in client.results} >= set(ids), "a result for every query", 2 * DEADLINE_S)
     per_id = {qid: [r for r in client.results if r.query_id == qid] for qid in ids}
     assert all(len(v) == 1 for v in per_id.values()), per_id  # exactly one result each, none lost
     statuses = [v[0].status for v in per_id.values()]
@@ -87,7 +87,7 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     assert "queue" in busy.status_message
     client.spin_until(lambda: client.diagnostic("busy") not in (None, "0"), "busy in /diagnostics")
 
-    assert client.ask.wait_for_server(timeout_sec=15)
+    assert client.ask.wait_for_server(timeout_sec=DEADLINE_S)
     feedback = []
     future = client.ask.send_goal_async(Ask.Goal(query=Query(id="c1", text="Where is the cup?")),
                                         feedback_callback=lambda m: feedback.append(m.feedback))
@@ -110,8 +110,8 @@ def test_ctrl_c_during_a_standing_goal_exits_cleanly(tmp_path, scripted_model):
     try:
         cam = Camera(client, "image", "camera_optical")
         client.wait_connected(cam.pub)
-        client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=60)
-        assert client.ask.wait_for_server(timeout_sec=30)
+        client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=2 * DEADLINE_S)
+        assert client.ask.wait_for_server(timeout_sec=DEADLINE_S)
         feedback = []
         client.ask.send_goal_async(Ask.Goal(query=Query(id="standing", text="Where is the cup?"), rate_hz=20.0),
                                    feedback_callback=feedback.append)
@@ -122,6 +122,6 @@ def test_ctrl_c_during_a_standing_goal_exits_cleanly(tmp_path, scripted_model):
         assert len(feedback) >= 2, "the standing goal never answered"
     finally:
         client.close()
-        code = node.stop(timeout=20)  # (kills it after the timeout: -9); never left running for later tests
+        code = node.stop()  # (kills it after STOP_TIMEOUT_S: -9); never left running for later tests
     assert code == 0
     assert "Traceback" not in node.log(), node.log()

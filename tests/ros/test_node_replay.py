@@ -9,7 +9,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import Image
 
-from node_fixtures import ROOT, Camera, sample_rgb, start_node  # noqa: F401 (start_node: fixture)
+from node_fixtures import DEADLINE_S, ROOT, Camera, sample_rgb, start_node  # noqa: F401 (start_node: fixture)
 from pixellm_ros.msg import Query, SegmentationResult as S
 
 pytestmark = pytest.mark.ros
@@ -41,7 +41,7 @@ def test_record_then_replay_gives_the_same_results(start_node, scripted_model, t
     client = start_node(model_path=scripted_model, diagnostics_period_s=0.2, **PARAMS)
     cam = Camera(client, "image", "camera_optical")
     client.wait_connected(cam.pub)
-    client.spin_until(lambda: client.diagnostic("state") == "active", "the node to be active", timeout=60)
+    client.spin_until(lambda: client.diagnostic("state") == "active", "the node to be active", timeout=2 * DEADLINE_S)
     with Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conns = {t: writer.add_connection(t, msgtype, typestore=store) for t, msgtype in TOPICS.items()}
         for k in range(3):
@@ -58,7 +58,7 @@ def test_record_then_replay_gives_the_same_results(start_node, scripted_model, t
     replay = start_node(model_path=scripted_model, diagnostics_period_s=0.2, **PARAMS)
     rcam = Camera(replay, "image", "camera_optical")
     replay.wait_connected(rcam.pub)
-    replay.spin_until(lambda: replay.diagnostic("state") == "active", "the replay node to be active", timeout=60)
+    replay.spin_until(lambda: replay.diagnostic("state") == "active", "the replay node to be active", timeout=2 * DEADLINE_S)
     recorded, replayed = [], []
     with Reader(bag) as reader:
         assert {c.topic: c.msgtype for c in reader.connections} == TOPICS
