@@ -2,9 +2,14 @@
 # What this project runs on a lent GPU machine (python3 with torch, no network, no ROS), in one call:
 #   OUT=/some/dir scripts/gpu_session.sh
 # 1. the CUDA tests; 2. the embedded default model's vision-tower pretraining (training/pretrain_vision.py,
-# ~1 min on an H100, ~40 min on 2 CPU cores); 3. the GPU benchmarks (engine, training throughput).
-# Results under $OUT: pretrained_tower.tgz, bench.tgz (at most 8 files come back from such a machine).
+# ~1 min on an H100, ~40 min on 2 CPU cores); 3. the GPU benchmarks (engine, training throughput);
+# 4. the real-shape benchmark (benchmarks/bench_scale.py): PixelLM-7B with random weights, bf16 / 4bit / 8bit,
+# release + eager + compiled + the transformers peer, then 13B bf16 if time is left (< 8 min on one H100).
+# A lent machine has 15 minutes of device time in all (start-up included), so STEPS picks the parts:
+#   STEPS="tests scale" (default; ~9 min), STEPS="tests pretrain bench" (the older session, ~8 min), or "all".
+# Results under $OUT: pretrained_tower.tgz, bench.tgz, scale_cuda.json, scale.tgz (at most 8 files come back).
 set -u
+STEPS=${STEPS:-tests scale}; want() { [[ " $STEPS " == *" $1 "* || " $STEPS " == *" all "* ]]; }
 PY=${PY:-python3}; OUT=${OUT:-/tmp/gpu_out}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 mkdir -p "$OUT" runs/gpu /tmp/gpu_bench
@@ -12,21 +17,47 @@ T0=$(date +%s); el() { echo "[+$(( $(date +%s) - T0 ))s] $*"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import sys,torch,accelerate,peft; print(sys.version.split()[0], torch.__version__, accelerate.__version__, peft.__version__)"
 
+if want tests; then
 el "CUDA tests"
 # test_quantize.py: all of it (its cuda cases run there); skipped where bitsandbytes is not installed.
 timeout 120 $PY -m pytest -q -p no:cacheprovider tests/model/test_engine.py tests/model/test_quantize.py \
   -k "cuda or bfloat16 or quantiz" 2>&1 | tail -3
+fi
 
+if want pretrain; then
 el "vision-tower pretraining for the embedded default model"
 $PY -m training.init_model --preset embedded --out runs/gpu/init > /dev/null
 timeout 150 $PY -m training.pretrain_vision --model runs/gpu/init --out runs/gpu/init_pretrained --steps 800 \
   --batch-size 64 --workers 14 --device cuda 2>&1 | tail -1
 tar -C runs/gpu -czf "$OUT/pretrained_tower.tgz" init_pretrained/vision_tower init_pretrained/vision_pretraining.json
+fi
 
+if want bench; then
 el "benchmarks"
 timeout 90 $PY benchmarks/bench_engine.py --configs 7b-shaped --device cuda --dtype bfloat16 --repeats 3 \
   --out /tmp/gpu_bench 2>&1 | tee /tmp/gpu_bench/engine.txt | tail -4
 timeout 110 $PY benchmarks/bench_training.py --device cuda --preset 7b-shaped --procs 1 --global-batch 8 --steps 12 \
   --out /tmp/gpu_bench 2>&1 | tee /tmp/gpu_bench/training.txt | tail -3
 tar -czf "$OUT/bench.tgz" -C /tmp gpu_bench
+fi
+
+if want scale; then
+# Random weights written once to local disk (7B: 14.9 GB, 13B: ~27.5 GB; drawn on the GPU); every row is a fresh
+# process (its own peak memory). Rows that time out are recorded as errors; the JSON keeps what finished.
+SC="$PY benchmarks/bench_scale.py --device cuda --cache /tmp/scale_cache --out /tmp/scale --tokens 40"
+mkdir -p /tmp/scale
+el "real-shape benchmark, 7B bf16: eager, compiled, release (short answer); transformers peer eager + static"
+timeout 270 $SC --size 7b --precision bf16 --path eager compiled release --peer eager static --timeout 100 \
+  2>&1 | tee /tmp/scale/7b_bf16.txt | grep -v "^  wrote"
+el "real-shape benchmark, 7B 4bit + 8bit: eager, compiled"
+timeout 210 $SC --size 7b --precision 4bit 8bit --path eager compiled --timeout 90 2>&1 | tee /tmp/scale/7b_quant.txt
+if (( $(date +%s) - T0 < 420 )); then
+  el "real-shape benchmark, 13B bf16: eager, compiled"
+  rm -rf /tmp/scale_cache/7b   # disk: 64 GB
+  timeout 200 $SC --size 13b --precision bf16 --path eager compiled --timeout 70 2>&1 | tee /tmp/scale/13b_bf16.txt \
+    | grep -v "^  wrote"
+fi
+cp /tmp/scale/scale_cuda.json "$OUT/scale_cuda.json"
+tar -czf "$OUT/scale.tgz" -C /tmp scale
+fi
 el done
