@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .engine import Engine, EngineConfig, Result
+from .engine import COMPILE_CHOICES, Engine, EngineConfig, Result
 from .model import SamplingConfig
 from .overlay import draw_overlay
 
@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
     p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
+    p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
+                   help="torch.compile the decode step (auto: on CUDA only)")
     p.add_argument("--save-logits", action="store_true", help="also write mask_<k>.npy float32 logits")
     return p.parse_args(argv)
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EngineConfig(model_path=args.model, vision_tower=args.vision_tower, device=args.device,
                           dtype=args.dtype, quantization=args.quantization,
-                          sampling=SamplingConfig(max_new_tokens=args.max_new_tokens))
+                          sampling=SamplingConfig(max_new_tokens=args.max_new_tokens), compile=args.compile)
     engine = Engine(config)
     out = Path(args.out)
     if args.query is not None:

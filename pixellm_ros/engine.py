@@ -20,9 +20,12 @@ import torch
 
 from .model import (Generation, ImageFeatures, ImagePrefix, SamplingConfig, Target, TargetEvent, TextEvent,
                     generate_batch, load_pixellm, prefill_image, preprocess_image, stream)
-from .model.generation import run_to_end
+from .model.compiled import CompiledDecoder
+from .model.config import LLM_IMAGE_GRID
+from .model.generation import run_to_end, split_prompt
 
 log = logging.getLogger(__name__)
+WARMUP_QUESTION_TOKENS = 32  # the compiled decoder is warmed up for a question this long (longer ones may recompile)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class EngineConfig:
     max_question_chars: int = 2000
     max_image_pixels: int = 8192 * 8192
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    compile: str = "auto"  # "true", "false", "auto": torch.compile the decode step (auto: CUDA yes, CPU no)
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Timings:
     first_token: float = 0.0  # from ask() until the first answer token
     first_mask: float = 0.0  # from ask() until the first target's mask (0 = no target)
     total: float = 0.0
+    decode: float = 0.0  # from the first answer token to the last (decode tok/s = (new_tokens - 1) / decode)
+    new_tokens: int = 0  # answer tokens generated
 
 
 @dataclass
@@ -95,6 +101,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+COMPILE_CHOICES = ("auto", "true", "false")
+
+
+def resolve_compile(choice: str | bool, device: torch.device) -> bool:
+    """Whether to compile the decode step. auto: on CUDA (CUDA graphs); not on CPU, where inductor was
+    measured slower than eager on the default model (benchmarks/figures/compile_cpu.json)."""
+    if isinstance(choice, bool):
+        choice = "true" if choice else "false"
+    if choice not in COMPILE_CHOICES:
+        raise ValueError(f"unknown compile {choice!r}; use one of {COMPILE_CHOICES}")
+    return device.type == "cuda" if choice == "auto" else choice == "true"
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -102,9 +121,16 @@ class Engine:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        compiled = resolve_compile(config.compile, self.device)
         t0 = time.perf_counter()
         self.model, self.tokenizer = load_pixellm(config.model_path, config.vision_tower, self.device, self.dtype,
                                                   quantization=config.quantization)
+        self.decoder = None
+        if compiled:
+            self.decoder = CompiledDecoder(self.model, mode="reduce-overhead" if self.device.type == "cuda" else None)
+            head, _ = split_prompt(self.tokenizer, "", self.model.config.mm_use_im_start_end)
+            prefix = len(head) + LLM_IMAGE_GRID ** 2
+            self.decoder.warmup(prefix, prefix + WARMUP_QUESTION_TOKENS + config.sampling.max_new_tokens)
         self.load_seconds = time.perf_counter() - t0
         self.model_id = Path(config.model_path).resolve().name
         self.adapter_id = ""
@@ -177,8 +203,9 @@ class Engine:
             image, prefix = self._image, self._prefix
             image_timings, image_s = self._take_image_timings()
             t0 = time.perf_counter()
-            first_token = first_mask = 0.0
-            gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel)
+            first_token = first_mask = last_token = 0.0
+            gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel,
+                         self.decoder)
             while True:
                 try:
                     event = next(gen)
@@ -186,15 +213,16 @@ class Engine:
                     generation: Generation = stop.value
                     break
                 now = time.perf_counter() - t0
-                if isinstance(event, TextEvent) and not first_token:
-                    first_token = now
+                if isinstance(event, TextEvent):
+                    first_token, last_token = first_token or now, now
                 if isinstance(event, TargetEvent) and not first_mask:
                     first_mask = now
                 yield event
             self._sync()
             elapsed = time.perf_counter() - t0
             timings = replace(image_timings, generate=elapsed, first_token=first_token + image_s,
-                              first_mask=(first_mask + image_s) if first_mask else 0.0, total=elapsed + image_s)
+                              first_mask=(first_mask + image_s) if first_mask else 0.0, total=elapsed + image_s,
+                              decode=last_token - first_token, new_tokens=len(generation.token_ids))
             return self._result(question, generation, image, timings, cached=image_s == 0)
 
     def ask(self, question: str, sampling: SamplingConfig | None = None,
@@ -210,11 +238,12 @@ class Engine:
             image_timings, image_s = self._take_image_timings()
             t0 = time.perf_counter()
             gens = generate_batch(self.model, self.tokenizer, self._image, self._prefix, questions,
-                                  sampling or self.config.sampling)
+                                  sampling or self.config.sampling, self.decoder)
             self._sync()
             elapsed = time.perf_counter() - t0
             timings = replace(image_timings, generate=elapsed, total=elapsed + image_s)
-            return [self._result(q, g, self._image, timings, cached=image_s == 0) for q, g in zip(questions, gens)]
+            return [self._result(q, g, self._image, replace(timings, new_tokens=len(g.token_ids)), cached=image_s == 0)
+                    for q, g in zip(questions, gens)]
 
     def _take_image_timings(self) -> tuple[Timings, float]:
         """The image stages' timings, charged to the first answer after set_image only (later: zeros)."""

@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
-from .engine import EngineConfig, resolve_device, resolve_dtype
+from .engine import COMPILE_CHOICES, EngineConfig, resolve_device, resolve_dtype
 from .model import SamplingConfig
 from .model.quantize import MODES as QUANTIZATIONS, check_quantization
 
 PARAMS_FILE = "pixellm.yaml"
 # Parameters of the model and where it may come from; every other parameter is a NodeConfig field.
 ENGINE_PARAMS = ("model_path", "model_root", "vision_tower", "device", "dtype", "quantization", "max_new_tokens",
-                 "num_threads")
+                 "num_threads", "compile")
 FRAME_POLICIES = ("latest", "next")  # for std_msgs/String queries (Query messages carry their own policy)
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
@@ -142,6 +142,8 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
             check_quantization(v["quantization"], device, resolve_dtype(v["dtype"], device))
         except (RuntimeError, ValueError) as exc:
             problems.append(str(exc))
+    check(v["compile"] in COMPILE_CHOICES, f"compile must be one of {COMPILE_CHOICES} (auto: compile on CUDA only), "
+          f"got {v['compile']!r}")
     cameras, topics = v["cameras"], v["image_topics"]
     check(len(cameras) >= 1 and all(cameras), f"cameras must be non-empty names, got {list(cameras)}")
     check(len(set(cameras)) == len(cameras), f"cameras must be unique, got {list(cameras)}")
@@ -168,5 +170,5 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
         model_path=str(model), vision_tower=str(Path(v["vision_tower"]).expanduser()) if v["vision_tower"] else None,
         device=v["device"], dtype=v["dtype"], quantization=v["quantization"],
         sampling=SamplingConfig(max_new_tokens=v["max_new_tokens"]), max_question_chars=v["max_query_chars"],
-        max_image_pixels=v["max_image_pixels"], num_threads=v["num_threads"] or None)
+        max_image_pixels=v["max_image_pixels"], num_threads=v["num_threads"] or None, compile=v["compile"])
     return node, engine

@@ -16,6 +16,7 @@ from typing import Callable, Generator, Sequence
 import numpy as np
 import torch
 
+from .compiled import CompiledDecoder
 from .config import CODEBOOK_SIZE, IMAGE_TOKEN_INDEX
 from .llama import KVCache
 from .pixellm import ImageFeatures, PixelLMForCausalLM
@@ -224,10 +225,14 @@ class _Collector:
 @torch.no_grad()
 def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures, prefix: ImagePrefix,
            question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
-           ) -> Generator[TextEvent | TargetEvent, None, Generation]:
-    """Yield text and target events while answering; return the Generation (StopIteration.value)."""
+           decoder: CompiledDecoder | None = None) -> Generator[TextEvent | TargetEvent, None, Generation]:
+    """Yield text and target events while answering; return the Generation (StopIteration.value).
+
+    With a `decoder`, tokens after the first come from its compiled static-shape step (same ids)."""
     sampling = sampling or SamplingConfig()
     _, tail = split_prompt(tokenizer, question, model.config.mm_use_im_start_end)
+    if decoder is not None:
+        return (yield from _stream_compiled(model, tokenizer, image, prefix, tail, sampling, cancel, decoder))
     device, p = model.device, prefix.length
     cache = prefix.cache.expand(1, p + len(tail) + sampling.max_new_tokens)
     key_valid = torch.ones((1, cache.capacity), dtype=torch.bool, device=device)
@@ -256,6 +261,46 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
     return collector.result(stop, prefix.ids + tail)
 
 
+def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
+                     prefix: ImagePrefix, tail: list[int], sampling: SamplingConfig, cancel: threading.Event | None,
+                     decoder: CompiledDecoder) -> Generator[TextEvent | TargetEvent, None, Generation]:
+    """`stream` with the decode step of `decoder`. The question is prefilled eagerly into the decoder's
+    cache; the token id is the only host sync per token. On CUDA the next step is launched before this
+    token's events (and a mask it completes) are handled, so the GPU never waits for them."""
+    device, p = model.device, prefix.length
+    needed = p + len(tail) + sampling.max_new_tokens
+    with decoder.cache(prefix.cache, prefix.key_valid, 1, needed) as (cache, key_valid):
+        tail_ids = torch.tensor([tail], device=device)
+        positions = torch.arange(p, p + len(tail), device=device)[None]
+        hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
+        logits = model.logits(hidden)
+        pos = torch.tensor([cache.length], device=device)
+        sample = _Sampler(sampling, device)
+        collector = _Collector(model, tokenizer, image)
+        ahead = device.type == "cuda"
+        stop = "max_new_tokens"
+        for _ in range(sampling.max_new_tokens):
+            if cancel is not None and cancel.is_set():
+                stop = "cancelled"
+                break
+            tokens = sample(logits, [collector.ids])
+            token = int(tokens[0])
+            state = hidden[0].clone()  # a CUDA graph's outputs are overwritten by its next replay
+            last = token == tokenizer.eos_id or len(collector.ids) + 1 == sampling.max_new_tokens
+            if ahead and not last:
+                hidden, logits = decoder.step(tokens, pos, pos, key_valid, cache)
+                pos += 1
+            for event in collector.add(token, state):
+                yield event
+            if last:
+                stop = "eos" if token == tokenizer.eos_id else stop
+                break
+            if not ahead:
+                hidden, logits = decoder.step(tokens, pos, pos, key_valid, cache)
+                pos += 1
+    return collector.result(stop, prefix.ids + tail)
+
+
 def run_to_end(gen: Generator):
     """Consume a generator's events and return its return value."""
     while True:
@@ -265,27 +310,39 @@ def run_to_end(gen: Generator):
             return stop.value
 
 
-def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None) -> Generation:
+def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None, decoder=None) -> Generation:
     """`stream` without the events."""
-    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel))
+    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel, decoder))
 
 
 @torch.no_grad()
 def generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
                    prefix: ImagePrefix, questions: Sequence[str], sampling: SamplingConfig | None = None,
-                   ) -> list[Generation]:
+                   decoder: CompiledDecoder | None = None) -> list[Generation]:
     """Answer several questions on one image in one batch (greedy or sampled, no streaming).
 
     Question tokens are left-padded after the shared image prefix; padding slots are masked as keys
     and each row keeps its own contiguous positions, so every row sees what it would see alone.
+    With a `decoder`, tokens after the first come from its compiled static-shape step (same ids).
     """
     sampling = sampling or SamplingConfig()
     tails = [split_prompt(tokenizer, q, model.config.mm_use_im_start_end)[1] for q in questions]
     b, p, s = len(tails), prefix.length, max(len(t) for t in tails)
+    if decoder is None:
+        cache = prefix.cache.expand(b, p + s + sampling.max_new_tokens)
+        key_valid = torch.ones((b, cache.capacity), dtype=torch.bool, device=model.device)
+        key_valid[:, :p] = prefix.key_valid
+        return _generate_batch(model, tokenizer, image, prefix, tails, sampling, cache, key_valid, None)
+    with decoder.cache(prefix.cache, prefix.key_valid, b, p + s + sampling.max_new_tokens) as (cache, key_valid):
+        return _generate_batch(model, tokenizer, image, prefix, tails, sampling, cache, key_valid, decoder)
+
+
+def _generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
+                    prefix: ImagePrefix, tails: list[list[int]], sampling: SamplingConfig, cache: KVCache,
+                    key_valid: torch.Tensor, decoder: CompiledDecoder | None) -> list[Generation]:
+    """generate_batch on a cache holding the prefix; key_valid (B, capacity): prefix validity, True after."""
+    b, p, s = len(tails), prefix.length, max(len(t) for t in tails)
     device = model.device
-    cache = prefix.cache.expand(b, p + s + sampling.max_new_tokens)
-    key_valid = torch.ones((b, cache.capacity), dtype=torch.bool, device=device)
-    key_valid[:, :p] = prefix.key_valid
     ids = torch.full((b, s), tokenizer.unk_id, device=device)
     positions = torch.empty((b, s), dtype=torch.long, device=device)
     for i, tail in enumerate(tails):
@@ -299,18 +356,26 @@ def generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image
     collectors = [_Collector(model, tokenizer, image) for _ in tails]
     stops = ["max_new_tokens"] * b
     active = [True] * b
+    logits = model.logits(hidden)
+    slot = torch.tensor([cache.length], device=device)
     for step in range(sampling.max_new_tokens):
-        tokens = sample(model.logits(hidden), [c.ids for c in collectors])
+        tokens = sample(logits, [c.ids for c in collectors])
+        token_list = tokens.tolist()  # the one host sync per step
         for i in range(b):
             if active[i]:
-                collectors[i].add(int(tokens[i]), hidden[i])
-                if int(tokens[i]) == tokenizer.eos_id:
+                collectors[i].add(token_list[i], hidden[i] if decoder is None else hidden[i].clone())
+                if token_list[i] == tokenizer.eos_id:
                     active[i], stops[i] = False, "eos"
         if not any(active) or step + 1 == sampling.max_new_tokens:
             break
+        if decoder is not None:
+            hidden, logits = decoder.step(tokens, next_pos + step, slot, key_valid, cache)
+            slot += 1
+            continue
         pos = cache.length
         hidden = model.model(model.model.embed_tokens(tokens[:, None]), (next_pos + step)[:, None],
                              key_valid[:, : pos + 1], cache)[:, -1]
+        logits = model.logits(hidden)
     return [c.result(stop, prefix.ids + t) for c, stop, t in zip(collectors, stops, tails)]
 
 

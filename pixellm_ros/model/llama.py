@@ -69,10 +69,37 @@ class KVCache:
         """A new cache of `batch` rows, each holding a copy of this cache's filled prefix (row 0)."""
         layers, _, heads, _, dim = self.keys.shape
         shape = (layers, batch, heads, capacity, dim)
-        new = KVCache(self.keys.new_empty(shape), self.values.new_empty(shape), self.length)
-        new.keys[:, :, :, : self.length] = self.keys[:, :1, :, : self.length]
-        new.values[:, :, :, : self.length] = self.values[:, :1, :, : self.length]
-        return new
+        return KVCache(self.keys.new_empty(shape), self.values.new_empty(shape)).fill_from(self)
+
+    def fill_from(self, prefix: "KVCache") -> "KVCache":
+        """Copy `prefix`'s filled part (its row 0) into every row of this cache; returns self."""
+        self.keys[:, :, :, : prefix.length] = prefix.keys[:, :1, :, : prefix.length]
+        self.values[:, :, :, : prefix.length] = prefix.values[:, :1, :, : prefix.length]
+        self.length = prefix.length
+        return self
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, kv_heads, T, head_dim) after the filled prefix; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class SlotWriter:
+    """A KVCache's full capacity, written at a position given as a tensor: static shapes for compiled decode.
+
+    keys/values: (layers, B, kv_heads, capacity, head_dim); slot: (1,) long. `update` returns the whole
+    capacity, so unfilled slots must be hidden by the attention mask (and hold finite values).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor) -> None:
+        self.keys, self.values, self.slot = keys, values, slot
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer].index_copy_(2, self.slot, k)
+        self.values[layer].index_copy_(2, self.slot, v)
+        return self.keys[layer], self.values[layer]
 
 
 class LlamaAttention(nn.Module):
@@ -84,7 +111,7 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask, cache: KVCache | SlotWriter | None, layer: int) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -92,10 +119,7 @@ class LlamaAttention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
-            start, end = cache.length, cache.length + t
-            cache.keys[layer, :, :, start:end] = k
-            cache.values[layer, :, :, start:end] = v
-            k, v = cache.keys[layer, :, :, :end], cache.values[layer, :, :, :end]
+            k, v = cache.update(layer, k, v)
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
@@ -161,4 +185,21 @@ class LlamaModel(nn.Module):
             x = layer(x, cos, sin, mask, cache, i)
         if cache is not None:
             cache.length += embeds.shape[1]
+        return self.norm(x)
+
+    def decode_step(self, embeds: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                    key_valid: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """One new position per row with static shapes, for compiled decode (no Python int changes per step).
+
+        embeds: (B, 1, H); positions: (B, 1) RoPE positions; slot: (1,) long, the cache slot written;
+        key_valid: (B, capacity) bool; keys/values: a KVCache's tensors. Queries attend over the whole
+        capacity, slots after `slot` and invalid ones masked. Returns final-norm hidden states (B, 1, H).
+        """
+        cos, sin = self.rotary(positions, embeds.dtype)
+        written = torch.arange(keys.shape[3], device=slot.device) <= slot
+        mask = (key_valid & written)[:, None, None, :]
+        writer = SlotWriter(keys, values, slot)
+        x = embeds
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, writer, i)
         return self.norm(x)
