@@ -11,8 +11,9 @@ questions are reported (log and report.json "skipped") and left out.
 
 `--predictions DIR` scores saved masks instead of a model, so another system's outputs are scored with
 the same metric: one file per predicted target, named `r{R}_q{Q}_t{T}.npy` or `r{R}_q{Q}_t{T}.png`, where
-R is the record's index in the MUSE JSON list, Q the question's index in that record's `questions`, and
-T the target's index in the answer (0, 1, ... without gaps); all 0-based, zero padding allowed
+R is the record's index in the MUSE JSON list, Q the question's index in that record's `questions` (for
+a record without `questions`, the index of the category in `ann_list` order), and T the target's index
+in the answer (0, 1, ... without gaps); all 0-based, zero padding allowed
 (`r0012_q0_t1.png`). A question without files predicted no target. A mask is the image's size
 (`height` x `width` of the record): `.npy` a 2-D array, true where > 0 (bool, 0/1, or logits as the
 release thresholds them; not probabilities); `.png` a single-channel image, true where non-zero.
@@ -109,7 +110,7 @@ class Metrics:
         return {"questions": len(qs), "images": len(counts),
                 "gIoU": sum(q["pair_iou_sum"] for q in qs) / denominator if denominator else float("nan"),
                 "cIoU": sum(q["intersection"] for q in qs) / union if union else float("nan"),
-                "target_count_accuracy": sum(q["pred"] == q["gt"] for q in qs) / max(len(qs), 1)}
+                "target_count_accuracy": sum(q["pred"] == q["gt"] for q in qs) / len(qs) if qs else float("nan")}
 
     def by_targets(self) -> dict:
         """summary() of the questions with 0 (if any), 1, 2, 3 and 4+ true targets."""

@@ -58,6 +58,7 @@ def test_gIoU_divides_by_the_images_counts_not_the_questions():
     assert metrics.summary()["gIoU"] == pytest.approx((2 + 2) / (3 + 2 + 2))
     by = metrics.by_targets()
     assert list(by) == ["0", "1", "2", "3", "4+"] and by["3"]["questions"] == 0
+    assert np.isnan(by["3"]["gIoU"]) and np.isnan(by["3"]["target_count_accuracy"])  # no such question
     assert by["1"]["gIoU"] == pytest.approx(2 / (2 + 2)) and by["1"]["images"] == 2  # kitchen's 1-target question alone
     assert by["2"]["gIoU"] == pytest.approx(2 / (2 + 2)) and by["0"]["questions"] == 1
 
