@@ -1,5 +1,6 @@
 """benchmarks/bench_scale.py at a tiny shape (same code path as 7B/13B): the weight writer produces an
-official-layout folder that load_pixellm loads, the cache is reused, and a row has the required keys."""
+official-layout folder that load_pixellm loads, the cache is reused, and a row has the required keys.
+Also: config/pixellm_jetson.yaml only sets parameters the node has, with the right types."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pixellm_ros.model import load_pixellm
 from tiny_checkpoint import official_config
@@ -85,3 +87,12 @@ def test_planned_answer_has_its_targets(bench, written):
     short = bench.planned_answer(tok, 8, 1)
     assert len(short) == 8 and sum(i in tok.seg_token_ids for i in short) == 6
 
+
+def test_jetson_params_file_sets_known_parameters():
+    from pixellm_ros.params import load_defaults
+    defaults = load_defaults(REPO / "config" / "pixellm.yaml")
+    jetson = load_defaults(REPO / "config" / "pixellm_jetson.yaml")
+    assert set(jetson) <= set(defaults), f"unknown parameters: {set(jetson) - set(defaults)}"
+    for name, value in jetson.items():
+        assert type(value) is type(defaults[name]), f"{name}: {value!r} vs default {defaults[name]!r}"
+    assert jetson["quantization"] == "4bit"
