@@ -62,6 +62,10 @@ RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 QUERY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 RESULT_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)  # bursts of BUSY answers fit
 IMAGE_OUT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# Ask feedback comes once per token. rclpy's default (reliable, depth 10) drops the oldest unread messages when a
+# client spins slower than the worker decodes (seen on a loaded machine: 29 of 34). A whole answer's feedback fits
+# in 1000; a client that wants every message subscribes with this profile too (feedback_sub_qos_profile).
+FEEDBACK_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_SLOP_S = 0.1  # depth frame used for an image: the nearest in stamp, at most this far away
 BUSY_LOG_PERIOD_S = 1.0  # BUSY answers are logged at most once per period, with the count of the others
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles in /diagnostics
@@ -227,7 +231,8 @@ class PixelLMNode(LifecycleNode):
         self.create_service(LoadAdapter, "~/load_adapter", self._on_load_adapter, callback_group=self._group)
         self._ask_server = ActionServer(
             self, Ask, "~/ask", execute_callback=self._on_ask, callback_group=self._group,
-            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel)
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=self._on_cancel,
+            feedback_pub_qos_profile=FEEDBACK_QOS)
         self._diag_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
                                              self._publish_diagnostics, callback_group=self._group)
         self._autostart_timer = None

@@ -32,6 +32,7 @@ from std_msgs.msg import Header, String
 
 from pixellm_ros.action import Ask
 from pixellm_ros.executor import NO_EVENT_HANDLERS
+from pixellm_ros.node import FEEDBACK_QOS
 from pixellm_ros.model import load_pixellm, save_pixellm
 from pixellm_ros.model.factory import tiny_random_pixellm
 from pixellm_ros.model.generation import split_prompt
@@ -235,7 +236,7 @@ class Client:
         self.query_full_pub = self.node.create_publisher(Query, "query_full", RELIABLE)
         self.segment = self.node.create_client(Segment, f"{NODE}/segment")
         self.load_adapter = self.node.create_client(LoadAdapter, f"{NODE}/load_adapter")
-        self.ask = ActionClient(self.node, Ask, f"{NODE}/ask")
+        self.ask = ActionClient(self.node, Ask, f"{NODE}/ask", feedback_sub_qos_profile=FEEDBACK_QOS)
 
     def close(self) -> None:
         self.executor.shutdown()
