@@ -4,8 +4,9 @@ Only the LLaMA decoder linears are quantized, as the release's chat.py does (its
 vision and mask-decoder parts in full precision); embeddings, lm_head, norms, the vision tower, the
 projectors and the pixel decoder stay as they are, so masks keep their precision. ``load_pixellm(...,
 quantization=...)`` swaps those linears for empty bitsandbytes layers before any weight is read, then
-quantizes each weight as it comes out of the shard: the full-precision LLM never exists in memory, so
-the peak is the quantized model plus one full-precision tensor. 4-bit is nf4 with double-quantized
+quantizes each weight as it comes out of the shard (and releases its pages, see checkpoint.release_pages):
+the full-precision LLM never exists in memory, so the peak is the quantized model plus one weight matrix
+and bitsandbytes' temporaries for it (on CPU ~17 bytes per weight). 4-bit is nf4 with double-quantized
 scales (the release's settings), 8-bit is LLM.int8(). bitsandbytes runs both on CUDA and on the CPU.
 """
 from __future__ import annotations

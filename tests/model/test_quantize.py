@@ -153,3 +153,29 @@ def test_device_without_support_is_refused_at_configure(folders, monkeypatch):
         configure({**defaults, "model_path": str(folders["safetensors"]), "device": "cpu", "quantization": "4bit"},
                   defaults)
     check_quantization("8bit", torch.device("cpu"), torch.float32)  # the other mode is unaffected
+
+
+def rss_file_bytes() -> int:
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["RssFile"].split()[0]) * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise / /proc: Linux")
+@pytest.mark.parametrize("layout", ["bin", "safetensors"])
+def test_released_pages_leave_memory_and_read_back_from_the_file(tmp_path, layout):
+    """Each shard is read through mmap: without release_pages every page read stays resident (RSS) while
+    the shard is mapped, so a quantized load would peak at the full-precision size. Released pages must
+    come back intact from the file when read again (the model may still hold such a tensor)."""
+    weight = torch.randn(4096, 2048)  # 32 MiB
+    if layout == "bin":
+        torch.save({"w": weight}, tmp_path / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+        save_file({"w": weight}, str(tmp_path / "model.safetensors"))
+    for _, tensor in checkpoint.iter_tensors(checkpoint.weight_files(tmp_path)):
+        before = rss_file_bytes()
+        assert torch.equal(tensor, weight)  # reads every page
+        read = rss_file_bytes()
+        checkpoint.release_pages(tensor)
+        assert read - before > 24 * 2 ** 20 and read - rss_file_bytes() > 24 * 2 ** 20
+        assert torch.equal(tensor, weight)
