@@ -305,7 +305,9 @@ class Engine:
         """Drop the model and caches and return device memory."""
         with self._lock:
             self._drop_image()
-            self.model = self.tokenizer = None  # type: ignore[assignment]
+            if self.decoder is not None and self.decoder.cuda_graphs:
+                torch._dynamo.reset()  # recorded CUDA graphs hold device memory (for every engine in the process)
+            self.model = self.tokenizer = self.decoder = None  # type: ignore[assignment]
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

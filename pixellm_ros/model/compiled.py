@@ -20,6 +20,7 @@ from .llama import KVCache
 log = logging.getLogger(__name__)
 
 CAPACITY_BUCKET = 256  # cache capacity is rounded up to this: question lengths share one compiled graph
+SPARES = 2  # caches kept for reuse (e.g. batch 1 for ask and one batch size for ask_many)
 
 
 def capacity_for(needed: int) -> int:
@@ -39,7 +40,9 @@ class CompiledDecoder:
         self.cuda_graphs = mode == "reduce-overhead"
         self._compiled = torch.compile(self._step, backend=backend, mode=mode, dynamic=False, fullgraph=True)
         self.fallback_reason: str | None = None
-        self._spare: tuple[KVCache, torch.Tensor] | None = None  # last released cache, reused by the next question
+        # Released caches by (batch, capacity), reused by later questions: CUDA graphs (and the guards of
+        # static addresses) need the same buffers again. At most SPARES are kept, the least recent dropped.
+        self._spares: dict[tuple[int, int], tuple[KVCache, torch.Tensor]] = {}
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, key_valid: torch.Tensor,
               keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +69,9 @@ class CompiledDecoder:
     @torch.no_grad()
     def warmup(self, prefix_length: int, needed: int, steps: int = 3) -> None:
         """Compile (and on CUDA record the graph) for batch 1 and capacity_for(needed) before the first
-        question, so that its answer does not pay for it."""
+        question, so that its answer does not pay for it. One uncompiled step first: layers that change
+        themselves on their first forward (bitsandbytes repacks 4-bit weights for the CPU) must not do it
+        while being traced."""
         cfg, device = self.model.config, self.model.device
         prefix = KVCache.allocate(cfg, 1, prefix_length, device, self.model.dtype)
         prefix.keys.zero_(), prefix.values.zero_()
@@ -74,23 +79,26 @@ class CompiledDecoder:
         valid = torch.ones((1, prefix_length), dtype=torch.bool, device=device)
         with self.cache(prefix, valid, 1, needed) as (cache, key_valid):
             pos = torch.tensor([prefix_length], device=device)
+            tokens = torch.zeros(1, dtype=torch.long, device=device)
+            self._step(tokens, pos, pos, key_valid, cache.keys, cache.values)
             for _ in range(steps):
-                self.step(torch.zeros(1, dtype=torch.long, device=device), pos, pos, key_valid, cache)
+                self.step(tokens, pos, pos, key_valid, cache)
 
     @contextmanager
     def cache(self, prefix: KVCache, prefix_valid: torch.Tensor, batch: int,
               needed: int) -> Iterator[tuple[KVCache, torch.Tensor]]:
         """A (batch, capacity_for(needed)) cache holding `prefix`, and its key_valid (batch, capacity) with
-        the prefix's validity and True after it. Reused across questions (one spare kept), so CUDA graphs see
-        the same addresses; zero-filled when allocated, since masked slots must still be finite."""
-        capacity = capacity_for(needed)
-        spare, self._spare = self._spare, None
-        if spare is None or spare[0].keys.shape[1] != batch or spare[0].capacity != capacity:
-            spare = None  # drop the old one before allocating: only one is kept
+        the prefix's validity and True after it. Reused across questions, so CUDA graphs see the same
+        addresses; zero-filled when allocated, since masked slots must still be finite."""
+        key = (batch, capacity_for(needed))
+        spare = self._spares.pop(key, None)
+        if spare is None:
+            while len(self._spares) >= SPARES:  # free before allocating
+                self._spares.pop(next(iter(self._spares)))
             layers, _, heads, _, dim = prefix.keys.shape
-            shape = (layers, batch, heads, capacity, dim)
+            shape = (layers, batch, heads, key[1], dim)
             cache = KVCache(prefix.keys.new_zeros(shape), prefix.values.new_zeros(shape))
-            key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=prefix.keys.device)
+            key_valid = torch.ones(key, dtype=torch.bool, device=prefix.keys.device)
             if self.cuda_graphs:
                 for t in (cache.keys, cache.values, key_valid):
                     torch._dynamo.mark_static_address(t)
@@ -102,4 +110,4 @@ class CompiledDecoder:
         try:
             yield cache, key_valid
         finally:
-            self._spare = spare
+            self._spares[key] = spare

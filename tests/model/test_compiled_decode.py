@@ -32,16 +32,26 @@ def same_answer(a, b) -> None:
         assert x.token_span == y.token_span and x.phrase == y.phrase
 
 
+SAMPLING = SamplingConfig(max_new_tokens=64)  # answers of 3..64 tokens share one capacity bucket
+
+
 @pytest.fixture(scope="module")
-def engines(taught, tmp_path_factory):
-    """(eager, compiled) engines on the taught tiny model; the compiled one uses inductor, as compile=true."""
-    folder = save_pixellm(taught.model, taught.tok, tmp_path_factory.mktemp("taught_compiled") / "model")
-    sampling = SamplingConfig(max_new_tokens=64)  # answers of 3..64 tokens share one capacity bucket
-    eager = Engine.from_pretrained(folder, device="cpu", dtype="float32", compile="false", sampling=sampling)
-    compiled = Engine.from_pretrained(folder, device="cpu", dtype="float32", compile="true", sampling=sampling)
-    rgb = synthetic_image(150, 220)
-    eager.set_image(rgb)
-    compiled.set_image(rgb)
+def taught_folder(taught, tmp_path_factory):
+    return save_pixellm(taught.model, taught.tok, tmp_path_factory.mktemp("taught_compiled") / "model")
+
+
+def engine_pair(folder, **kwargs) -> tuple[Engine, Engine]:
+    """(eager, compiled) engines with the current image set; the compiled one as compile=true (inductor)."""
+    pair = tuple(Engine.from_pretrained(folder, device="cpu", dtype="float32", compile=c, sampling=SAMPLING, **kwargs)
+                 for c in ("false", "true"))
+    for engine in pair:
+        engine.set_image(synthetic_image(150, 220))
+    return pair
+
+
+@pytest.fixture(scope="module")
+def engines(taught_folder):
+    eager, compiled = engine_pair(taught_folder)
     yield eager, compiled
     eager.close()
     compiled.close()
@@ -99,6 +109,18 @@ def test_no_recompile_per_token_or_question_length(engines):
     with torch._dynamo.config.patch(error_on_recompile=True):
         for q in (Q_THREE, Q_SEVEN, Q_ONE + " Please answer now.", Q_ONE):
             compiled.ask(q)
+
+
+@pytest.mark.parametrize("mode", ["4bit", "8bit"])
+def test_bitsandbytes_layers_compile(taught_folder, mode):
+    """bitsandbytes Linear4bit / Linear8bitLt (CPU backend) trace into the compiled step: no fallback."""
+    pytest.importorskip("bitsandbytes")
+    eager, compiled = engine_pair(taught_folder, quantization=mode)
+    assert compiled.decoder.fallback_reason is None
+    for q in (Q_ONE, Q_THREE):
+        same_answer(eager.ask(q), compiled.ask(q))
+    eager.close()
+    compiled.close()
 
 
 @pytest.mark.skipif(not OFFICIAL_FIXTURE.is_dir(), reason="official fixture not available")
