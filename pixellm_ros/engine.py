@@ -128,9 +128,7 @@ class Engine:
         self.decoder = None
         if compiled:
             self.decoder = CompiledDecoder(self.model, mode="reduce-overhead" if self.device.type == "cuda" else None)
-            head, _ = split_prompt(self.tokenizer, "", self.model.config.mm_use_im_start_end)
-            prefix = len(head) + LLM_IMAGE_GRID ** 2
-            self.decoder.warmup(prefix, prefix + WARMUP_QUESTION_TOKENS + config.sampling.max_new_tokens)
+            self._warm_decoder()
         self.load_seconds = time.perf_counter() - t0
         self.model_id = Path(config.model_path).resolve().name
         self.adapter_id = ""
@@ -265,7 +263,7 @@ class Engine:
         from .model.adapters import apply_adapter
         folder = Path(folder)
         with self._lock:
-            self.unload_adapter()
+            self._remove_adapter()
             self._drop_image()
             try:
                 self._adapter_config = apply_adapter(self.model, folder)
@@ -273,20 +271,36 @@ class Engine:
                 self.unload_adapter()
                 raise
             self.adapter_id = folder.name
+            self._warm_decoder()
             log.info("adapter %s applied", self.adapter_id)
             return self.adapter_id
 
     def unload_adapter(self) -> None:
         """Back to the base model: LoRA layers removed, trained modules reloaded from the base folder."""
-        from .model.adapters import lora_layers, remove_adapter
         with self._lock:
-            if self._adapter_config is None and not lora_layers(self.model):
-                return
-            saved = (self._adapter_config or {}).get("saved_modules", [])
-            remove_adapter(self.model, self.config.model_path, saved)
-            self.model.to(self.device, self.dtype)
-            self._adapter_config, self.adapter_id = None, ""
-            self._drop_image()
+            if self._remove_adapter():
+                self._warm_decoder()
+
+    def _remove_adapter(self) -> bool:
+        """unload_adapter without the decoder warm-up; False when there was nothing to remove."""
+        from .model.adapters import lora_layers, remove_adapter
+        if self._adapter_config is None and not lora_layers(self.model):
+            return False
+        saved = (self._adapter_config or {}).get("saved_modules", [])
+        remove_adapter(self.model, self.config.model_path, saved)
+        self.model.to(self.device, self.dtype)
+        self._adapter_config, self.adapter_id = None, ""
+        self._drop_image()
+        return True
+
+    def _warm_decoder(self) -> None:
+        """Compile the decode step for batch 1 and a typical question now (at load, after an adapter change:
+        the modules changed, so the graph is made again), not during the next answer."""
+        if self.decoder is None:
+            return
+        head, _ = split_prompt(self.tokenizer, "", self.model.config.mm_use_im_start_end)
+        prefix = len(head) + LLM_IMAGE_GRID ** 2
+        self.decoder.warmup(prefix, prefix + WARMUP_QUESTION_TOKENS + self.config.sampling.max_new_tokens)
 
     def _drop_image(self) -> None:
         """Cached prefixes depend on the LLM weights: forget them when the weights change."""

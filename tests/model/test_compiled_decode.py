@@ -111,11 +111,11 @@ def test_no_recompile_per_token_or_question_length(engines):
             compiled.ask(q)
 
 
-@pytest.mark.parametrize("mode", ["4bit", "8bit"])
-def test_bitsandbytes_layers_compile(taught_folder, mode):
-    """bitsandbytes Linear4bit / Linear8bitLt (CPU backend) trace into the compiled step: no fallback."""
+def test_bitsandbytes_layers_compile(taught_folder):
+    """bitsandbytes Linear4bit (CPU backend, which repacks its weight on the first forward) traces into the
+    compiled step: no fallback, same answers. (Linear8bitLt compiles too; left out to save ~25 s.)"""
     pytest.importorskip("bitsandbytes")
-    eager, compiled = engine_pair(taught_folder, quantization=mode)
+    eager, compiled = engine_pair(taught_folder, quantization="4bit")
     assert compiled.decoder.fallback_reason is None
     for q in (Q_ONE, Q_THREE):
         same_answer(eager.ask(q), compiled.ask(q))
