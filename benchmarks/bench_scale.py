@@ -437,6 +437,8 @@ def _run_engine(spec: dict, device, sync) -> dict:
         t0 = time.perf_counter()
         cached = engine.set_image(frame, image_key="frame0")
         t_img = time.perf_counter()
+        if q == 0:
+            out["image_peak_rss_bytes"] = vm_hwm()  # load + image encode + image prefill
         times, mask_after, first_mask = [], set(), None
         gen = engine.stream(question, sampling)
         while True:
@@ -528,7 +530,6 @@ def _run_peer(spec: dict, device, sync) -> dict:
     input_ids = torch.tensor([ids], device=device)
     n = len(planned_answer(tok, spec["tokens"], 2))
     out["prompt_tokens"] = len(ids)
-    gcfg = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=2, bos_token_id=1)
     kwargs: dict = {}
     if spec["path"] == "peer-static":
         from transformers import CompileConfig
@@ -537,10 +538,11 @@ def _run_peer(spec: dict, device, sync) -> dict:
         kwargs = dict(cache_implementation="static", compile_config=cc)
 
     def run(k: int) -> float:
+        gcfg = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=2, bos_token_id=1, max_new_tokens=k,
+                                min_new_tokens=k, **kwargs)
         t = time.perf_counter()
         with torch.no_grad():
-            o = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=gcfg,
-                               max_new_tokens=k, min_new_tokens=k, **kwargs)
+            o = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=gcfg)
         if sync:
             sync()
         assert o.shape[1] == len(ids) + k
@@ -602,6 +604,31 @@ def row_line(r: dict) -> str:
             + (f"  ERROR {r['error'][:160]}" if r.get("error") else ""))
 
 
+def markdown_rows(rows: list[dict]) -> str:
+    """README table rows: | what | weights | RSS load | RSS load + 1st answer | load | ttft / 1st mask | tok/s |
+    1st total | 2nd total | (device memory added on CUDA)."""
+    g, lines = 1024 ** 3, []
+    order = {"eager": 0, "compiled": 1, "release": 2, "peer-eager": 3, "peer-static": 4}
+    for r in sorted(rows, key=lambda r: (r["size"], order.get(r["path"], 9), PRECISIONS.index(r["precision"]))):
+        what = {"release": f"{r['precision']}, release algorithm ({r.get('new_tokens')} tokens, 1 target)",
+                "peer-eager": f"{r['precision']}, transformers `generate` (LLaMA only)",
+                "peer-static": f"{r['precision']}, transformers `generate`, static cache + compile (LLaMA only)",
+                }.get(r["path"], f"{r['precision']} {r['path']}")
+        if r.get("error"):
+            lines.append(f"| {what} | failed: {r['error'][:100]} |")
+            continue
+        first = (f"{fmt(r.get('ttft_s'), ' s', digits=1)} / {fmt(r.get('first_mask_s'), ' s', digits=1)}"
+                 if r.get("first_mask_s") else f"{fmt(r.get('ttft_s'), ' s', digits=1)} (prefill)")
+        cells = [what, fmt(r.get("model_bytes"), " GiB", g), fmt(r.get("load_peak_rss_bytes"), " GiB", g),
+                 fmt(r.get("peak_rss_bytes"), " GiB", g), fmt(r.get("load_s"), " s", digits=1), first,
+                 fmt(r.get("decode_tok_s"), "", digits=2), fmt(r.get("total_s"), " s", digits=1),
+                 fmt(r.get("second_total_s"), " s", digits=1)]
+        if r.get("device") == "cuda":
+            cells.append(fmt(r.get("peak_device_bytes"), " GiB", g))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def merge_rows(path: Path, rows: list[dict], meta: dict) -> None:
     """Write rows into `path`, replacing earlier rows of the same size/device_name/precision/path."""
     old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
@@ -615,7 +642,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="7b", choices=list(SIZES))
     ap.add_argument("--precision", nargs="+", default=["bf16"], choices=PRECISIONS)
-    ap.add_argument("--path", nargs="+", default=["eager"], choices=PATHS,
+    ap.add_argument("--path", nargs="*", default=["eager"], choices=PATHS,
                     help="release = the release's algorithm (short answer), eager / compiled = this engine")
     ap.add_argument("--peer", nargs="*", default=[], choices=PEERS,
                     help="transformers LlamaForCausalLM.generate rows (bf16/fp16 only): eager, static "
@@ -631,9 +658,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per row")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--in-process", action="store_true", help="run rows in this process (tests; RSS not per row)")
+    ap.add_argument("--markdown", metavar="JSON", help="print the README table rows of a results file and exit")
     ap.add_argument("--_row", help=argparse.SUPPRESS)
     ap.add_argument("--_row-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown_rows(json.loads(Path(args.markdown).read_text())["rows"]))
+        return 0
     if args._row:  # child: one row
         row = run_row(json.loads(Path(args._row).read_text()))
         Path(args._row_out).write_text(json.dumps(row))

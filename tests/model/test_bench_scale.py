@@ -77,6 +77,7 @@ def test_a_row_has_the_required_keys(bench, written):
     assert re.fullmatch(r".+\(\d+ cpus, 1 threads\)", row["device_name"])
     line = bench.row_line(row)
     assert line.startswith("tiny  bf16  eager") and "yes" in line
+    assert bench.markdown_rows([row]).startswith("| bf16 eager | ")
 
 
 def test_planned_answer_has_its_targets(bench, written):
