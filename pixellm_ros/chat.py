@@ -56,6 +56,8 @@ def print_result(result: Result) -> None:
         print(f"  target {t.index}: {t.phrase!r} score {t.score:.3f} bbox {t.bbox} pixels {t.pixel_count}")
     if result.incomplete_codebook_tokens:
         print(f"  note: {result.incomplete_codebook_tokens} codebook tokens did not form a complete target")
+    if result.stop_reason != "eos":
+        print(f"  note: the answer was cut ({result.stop_reason})")
     print(f"  {result.timings.total * 1000:.0f} ms (image cached: {result.image_cached})")
 
 
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
     p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
+    p.add_argument("--max-targets", type=int, default=SamplingConfig.max_targets,
+                   help="stop the answer at this many complete targets; 0 = no limit")
+    p.add_argument("--repetition-ngram", type=int, default=SamplingConfig.repetition_ngram,
+                   help="stop when the answer ends in an n-gram (n = 1..this) repeated --repetition-count times "
+                        "in a row; 0 = off")
+    p.add_argument("--repetition-count", type=int, default=SamplingConfig.repetition_count)
     p.add_argument("--compile", default="auto", choices=COMPILE_CHOICES,
                    help="torch.compile the decode step (auto: on CUDA only)")
     p.add_argument("--save-logits", action="store_true", help="also write mask_<k>.npy float32 logits")
@@ -81,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = EngineConfig(model_path=args.model, vision_tower=args.vision_tower, device=args.device,
                           dtype=args.dtype, quantization=args.quantization,
-                          sampling=SamplingConfig(max_new_tokens=args.max_new_tokens), compile=args.compile)
+                          sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, max_targets=args.max_targets,
+                                                  repetition_ngram=args.repetition_ngram,
+                                                  repetition_count=args.repetition_count), compile=args.compile)
     engine = Engine(config)
     out = Path(args.out)
     if args.query is not None:

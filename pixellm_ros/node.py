@@ -69,6 +69,7 @@ FEEDBACK_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 DEPTH_SLOP_S = 0.1  # depth frame used for an image: the nearest in stamp, at most this far away
 BUSY_LOG_PERIOD_S = 1.0  # BUSY answers are logged at most once per period, with the count of the others
 LATENCY_WINDOW = 200  # answers kept for the latency percentiles in /diagnostics
+GUARD_STOPS = ("max_new_tokens", "max_targets", "repetition")  # Generation.stop_reason values logged at warn
 NEXT_FRAME_SLICE_S = 0.05  # a FRAME_NEXT wait looks at the queue this often, to let other requests go first
 S = SegmentationResult
 STATUS_NAMES = {getattr(S, n): n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int)}
@@ -672,6 +673,10 @@ class PixelLMNode(LifecycleNode):
         result.answer, result.targets = answer.answer, targets
         result.incomplete_codebook_tokens = answer.incomplete_codebook_tokens
         result.adapter_id = self._engine.adapter_id
+        result.stop_reason = "canceled" if answer.stop_reason == "cancelled" else answer.stop_reason
+        if answer.stop_reason in GUARD_STOPS:
+            self.get_logger().warning(f"{req.source} query {req.query.id!r}: answer cut by {answer.stop_reason} after "
+                                      f"{len(answer.token_ids)} tokens, {len(targets)} targets")
         if answer.stop_reason == "cancelled":
             result.status = S.CANCELED
             result.status_message = f"canceled by the client after {len(answer.token_ids)} tokens"

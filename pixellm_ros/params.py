@@ -21,7 +21,7 @@ from .model.quantize import MODES as QUANTIZATIONS, check_quantization
 PARAMS_FILE = "pixellm.yaml"
 # Parameters of the model and where it may come from; every other parameter is a NodeConfig field.
 ENGINE_PARAMS = ("model_path", "model_root", "vision_tower", "device", "dtype", "quantization", "max_new_tokens",
-                 "num_threads", "compile")
+                 "max_targets", "repetition_ngram", "repetition_count", "num_threads", "compile")
 FRAME_POLICIES = ("latest", "next")  # for std_msgs/String queries (Query messages carry their own policy)
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
@@ -130,8 +130,9 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
     for name in ("queue_size", "ring_size", "max_new_tokens", "max_query_chars", "max_image_pixels"):
         check(v[name] >= 1, f"{name} must be >= 1, got {v[name]}")
     for name in ("max_standing_queries", "max_target_topics", "num_threads", "max_image_age_s",
-                 "next_frame_timeout_s"):
+                 "next_frame_timeout_s", "max_targets", "repetition_ngram"):
         check(v[name] >= 0, f"{name} must be >= 0, got {v[name]}")
+    check(v["repetition_count"] >= 2, f"repetition_count must be >= 2, got {v['repetition_count']}")
     check(v["diagnostics_period_s"] > 0, f"diagnostics_period_s must be > 0, got {v['diagnostics_period_s']}")
     check(v["frame_policy"] in FRAME_POLICIES, f"frame_policy must be one of {FRAME_POLICIES}, got {v['frame_policy']!r}")
     check(v["quantization"] in QUANTIZATIONS, f"quantization must be one of {QUANTIZATIONS}, got {v['quantization']!r}")
@@ -169,6 +170,8 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
     engine = EngineConfig(
         model_path=str(model), vision_tower=str(Path(v["vision_tower"]).expanduser()) if v["vision_tower"] else None,
         device=v["device"], dtype=v["dtype"], quantization=v["quantization"],
-        sampling=SamplingConfig(max_new_tokens=v["max_new_tokens"]), max_question_chars=v["max_query_chars"],
+        sampling=SamplingConfig(max_new_tokens=v["max_new_tokens"], max_targets=v["max_targets"],
+                                repetition_ngram=v["repetition_ngram"], repetition_count=v["repetition_count"]),
+        max_question_chars=v["max_query_chars"],
         max_image_pixels=v["max_image_pixels"], num_threads=v["num_threads"] or None, compile=v["compile"])
     return node, engine

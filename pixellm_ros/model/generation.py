@@ -33,6 +33,22 @@ class SamplingConfig:
     seed: int | None = None
     # (generated ids so far, logits (V,)) -> logits: constrained decoding, banned tokens, scripted runs
     logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None
+    # Guards against answers that run away (both off, as the release; generate_recompute ignores them):
+    max_targets: int = 0  # stop once this many complete targets exist; 0 = no limit
+    # Stop when the answer's text tokens (codebook tokens left out: they repeat by design in every
+    # multi-target answer) end in an n-gram, n = 1..repetition_ngram, repeated repetition_count times in a row.
+    repetition_ngram: int = 0  # 0 = off
+    repetition_count: int = 4
+
+
+def tail_repeats(ids: Sequence[int], n: int) -> int:
+    """How many times in a row the last n ids repeat at the end of `ids` (1: no repetition)."""
+    if len(ids) < n:
+        return 0
+    count, end = 1, len(ids) - n
+    while end >= n and ids[end - n:end] == ids[-n:]:
+        count, end = count + 1, end - n
+    return count
 
 
 @dataclass
@@ -83,7 +99,7 @@ class Generation:
     answer: str  # human-readable: codebook tokens and </s> removed
     targets: list[Target]
     incomplete_codebook_tokens: int  # codebook tokens after the last complete group of 6
-    stop_reason: str  # "eos", "max_new_tokens" or "cancelled"
+    stop_reason: str  # "eos", "max_new_tokens", "max_targets", "repetition" or "cancelled"
     codebook_hidden: torch.Tensor = field(repr=False)  # (n_codebook_tokens, H) producing states
     prompt_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -175,6 +191,7 @@ class _Collector:
         self.seg_positions: list[int] = []
         self.seg_hidden: list[torch.Tensor] = []
         self.targets: list[Target] = []
+        self.text_ids: list[int] = []  # self.ids without codebook tokens: what the repetition stop reads
         self.text = ""
         self.pending = b""
 
@@ -183,6 +200,8 @@ class _Collector:
         if token in self.seg_ids:
             self.seg_positions.append(len(self.ids))
             self.seg_hidden.append(hidden)
+        else:
+            self.text_ids.append(token)
         self.ids.append(token)
         piece = self.tok.stream_piece(token)
         if isinstance(piece, bytes):  # gather the bytes of a multi-byte character
@@ -201,6 +220,16 @@ class _Collector:
         if token in self.seg_ids and len(self.seg_hidden) % CODEBOOK_SIZE == 0:
             events.append(TargetEvent(self._decode_target()))
         return events
+
+    def guard(self, sampling: SamplingConfig) -> str | None:
+        """The guard that stops the answer after the token just added ("max_targets", "repetition"), or None."""
+        if sampling.max_targets and len(self.targets) >= sampling.max_targets:
+            return "max_targets"
+        if sampling.repetition_ngram and self.ids[-1] not in self.seg_ids:
+            if any(tail_repeats(self.text_ids, n) >= sampling.repetition_count
+                   for n in range(1, sampling.repetition_ngram + 1)):
+                return "repetition"
+        return None
 
     def _decode_target(self) -> Target:
         k = len(self.targets)
@@ -253,6 +282,10 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
         if token == tokenizer.eos_id:
             stop = "eos"
             break
+        guard = collector.guard(sampling)
+        if guard:
+            stop = guard
+            break
         if len(collector.ids) == sampling.max_new_tokens:
             break
         pos = cache.length
@@ -292,8 +325,9 @@ def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, ima
                 pos += 1
             for event in collector.add(token, state):
                 yield event
-            if last:
-                stop = "eos" if token == tokenizer.eos_id else stop
+            guard = None if token == tokenizer.eos_id else collector.guard(sampling)
+            if last or guard:  # a guard may stop after the next step was launched: that step is just unused
+                stop = "eos" if token == tokenizer.eos_id else guard or stop
                 break
             if not ahead:
                 hidden, logits = decoder.step(tokens, pos, pos, key_valid, cache)
@@ -366,6 +400,8 @@ def _generate_batch(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, imag
                 collectors[i].add(token_list[i], hidden[i] if decoder is None else hidden[i].clone())
                 if token_list[i] == tokenizer.eos_id:
                     active[i], stops[i] = False, "eos"
+                elif guard := collectors[i].guard(sampling):
+                    active[i], stops[i] = False, guard
         if not any(active) or step + 1 == sampling.max_new_tokens:
             break
         if decoder is not None:

@@ -2,6 +2,7 @@
 frame policies, bad input, cameras, overlay, depth, adapters, diagnostics. One node serves the module."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 
 from node_fixtures import (DEADLINE_S, NODE, RELIABLE, Camera, Client, NodeProcess, build_adapter, image_msg,
-                           spin_future,
+                           spin_future, start_node,  # noqa: F401 (fixture)
                            sample_rgb)
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
@@ -138,6 +139,20 @@ def test_segment_service_uses_the_supplied_image(main):
     padded[:, :192] = rgb.reshape(48, 192)
     result = segment(main, rgb, "s4", step=200, data=padded.tobytes())
     assert [t.pixel_count for t in result.targets] == [t.pixel_count for t in first.targets]
+
+
+def test_guard_cuts_a_looping_answer(start_node, scripted_model, monkeypatch):
+    """The scripted model loops forever: with the YAML's guards (only max_new_tokens raised) the repetition stop
+    cuts the answer at the 4th "the cup and", says so in stop_reason and logs a warning with the query id."""
+    # Another ROS domain: the module's node (same name, same services) may be running.
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + (int(os.environ["ROS_DOMAIN_ID"]) + 50) % 101))
+    client = start_node(model_path=scripted_model, max_new_tokens=200)
+    wait_active(client)
+    result = segment(client, sample_rgb(5), "loop")
+    assert result.status == S.OK and result.stop_reason == "repetition", (result.stop_reason, result.answer)
+    assert result.answer == " ".join(["the cup and"] * 4) and len(result.targets) == 4
+    client.spin_until(lambda: "'loop': answer cut by repetition" in client.process.log(), "the guard's warning")
+    assert "WARN" in next(line for line in client.process.log().splitlines() if "answer cut by" in line)
 
 
 def _goal(main, query: Query, rate_hz: float = 0.0):
