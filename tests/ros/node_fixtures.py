@@ -3,9 +3,10 @@ process, and a test client (publishers, service/action clients, result collectio
 
 The scripted model is tiny_random_pixellm with the transformer blocks' output projections zeroed, so the
 hidden state after the LLM is the embedding of the last token alone; embeddings and lm_head then form a
-transition table that makes greedy decoding cycle through CYCLE ("the cup [SEG0..5] and", 9 tokens) without
-end. Answers are therefore deterministic and name one target per 9 tokens; the masks still depend on the
-image (the pixel decoder is random). An answer stops at the node's max_new_tokens.
+transition table that makes greedy decoding cycle through CYCLE ("the cup [SEG0..5] and": 16 tokens, the tiny
+tokenizer splits the words) without end. Answers are therefore deterministic and name one target per 16 tokens;
+the masks still depend on the image (the pixel decoder is random). An answer stops at the node's max_new_tokens,
+or where the node's answer guards (max_targets, repetition_*) cut the loop.
 """
 from __future__ import annotations
 

@@ -65,10 +65,12 @@ def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model
 
 
 def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
-    # 300 tokens (33 targets) take ~2 s on an idle machine: long enough to fill a queue of 1, and to cancel
+    # 300 tokens (18 targets) take ~2 s on an idle machine: long enough to fill a queue of 1, and to cancel
     # mid-answer even when the machine is loaded (the cancel's round trip slows down as much as the answer).
+    # The answer guards are off, or the scripted loop would be cut after a few targets.
     tokens = 300
-    client = start_node(model_path=scripted_model, max_new_tokens=tokens, queue_size=1, max_image_age_s=0.0)
+    client = start_node(model_path=scripted_model, max_new_tokens=tokens, queue_size=1, max_image_age_s=0.0,
+                        max_targets=0, repetition_ngram=0)
     cam = Camera(client, "image", "camera_optical")
     client.wait_connected(cam.pub)
     client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=2 * DEADLINE_S)
@@ -98,7 +100,7 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     assert response.status == GoalStatus.STATUS_CANCELED
     result = response.result.result
     assert result.status == S.CANCELED and "canceled" in result.status_message
-    assert result.answer.startswith(feedback[1].partial_answer) and len(result.targets) < tokens // 9
+    assert result.answer.startswith(feedback[1].partial_answer) and len(result.targets) < tokens // 16
     assert segment(client, "after-cancel").status == S.OK
 
 
