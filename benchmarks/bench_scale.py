@@ -606,7 +606,7 @@ def row_line(r: dict) -> str:
 
 def markdown_rows(rows: list[dict]) -> str:
     """README table rows: | what | weights | RSS load | RSS load + 1st answer | load | ttft / 1st mask | tok/s |
-    1st total | 2nd total | (device memory added on CUDA)."""
+    1st total | 2nd total | load average at the row's start | (device memory added on CUDA)."""
     g, lines = 1024 ** 3, []
     order = {"eager": 0, "compiled": 1, "release": 2, "peer-eager": 3, "peer-static": 4}
     for r in sorted(rows, key=lambda r: (r["size"], order.get(r["path"], 9), PRECISIONS.index(r["precision"]))):
@@ -622,7 +622,7 @@ def markdown_rows(rows: list[dict]) -> str:
         cells = [what, fmt(r.get("model_bytes"), " GiB", g), fmt(r.get("load_peak_rss_bytes"), " GiB", g),
                  fmt(r.get("peak_rss_bytes"), " GiB", g), fmt(r.get("load_s"), " s", digits=1), first,
                  fmt(r.get("decode_tok_s"), "", digits=2), fmt(r.get("total_s"), " s", digits=1),
-                 fmt(r.get("second_total_s"), " s", digits=1)]
+                 fmt(r.get("second_total_s"), " s", digits=1), fmt(r.get("load_avg"), "", digits=1)]
         if r.get("device") == "cuda":
             cells.append(fmt(r.get("peak_device_bytes"), " GiB", g))
         lines.append("| " + " | ".join(cells) + " |")
