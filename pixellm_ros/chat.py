@@ -19,6 +19,7 @@ import numpy as np
 
 from .engine import COMPILE_CHOICES, Engine, EngineConfig, Result
 from .model import SamplingConfig
+from .model.quantize import MODES as QUANTIZATIONS
 from .overlay import draw_overlay
 
 
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="chat_out", help="output folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
+    p.add_argument("--quantization", default="none", choices=QUANTIZATIONS)
     p.add_argument("--max-new-tokens", type=int, default=SamplingConfig.max_new_tokens)
     p.add_argument("--max-targets", type=int, default=SamplingConfig.max_targets,
                    help="stop the answer at this many complete targets; 0 = no limit")
