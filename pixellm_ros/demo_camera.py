@@ -2,10 +2,9 @@
 
     python -m pixellm_ros.demo_camera --ros-args -p rate_hz:=5.0 -r image:=/camera/image_raw
 
-Frames are synthetic tabletop scenes (training.data.synthetic, the domain the project's default model is
-trained on): scene i is `render_scene(np.random.default_rng([seed, i]), SyntheticConfig())`, held for
-`frames_per_scene` frames, `num_scenes` scenes, repeated when `loop`. Where `training` is not importable
-(e.g. a colcon install), set `image_folder` to a folder of PNG/JPEG files instead. Topics: `image`
+Frames are synthetic tabletop scenes (pixellm_ros.scenes, the domain the project's default model is trained
+on): scene i is `render_scene(np.random.default_rng([seed, i]))`, held for `frames_per_scene` frames,
+`num_scenes` scenes, repeated when `loop`; or, with `image_folder`, the PNG/JPEG files of a folder. Topics: `image`
 (sensor_msgs/Image, sensor-data QoS) and `camera_info`; header.frame_id `frame_id`, stamps from the node clock.
 """
 from __future__ import annotations
@@ -24,6 +23,7 @@ from std_msgs.msg import Header
 
 from .conversions import rgb_to_msg
 from .executor import spin_once_until_shutdown
+from .scenes import render_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -41,13 +41,8 @@ class FrameSource:
                 raise ValueError(f"image_folder {image_folder!r} holds no PNG or JPEG files")
             self.num_scenes, self._render = len(self.files), self._read
         else:
-            try:
-                from training.data.synthetic import SyntheticConfig, render_scene
-            except ImportError as exc:
-                raise ValueError(f"synthetic scenes need the project's `training` package ({exc}); run from the "
-                                 f"repository root or set the image_folder parameter to a folder of PNGs") from None
             self.seed, self.num_scenes = seed, max(1, num_scenes)
-            self._render = lambda i: render_scene(np.random.default_rng([self.seed, i]), SyntheticConfig())[0]
+            self._render = lambda i: render_scene(np.random.default_rng([self.seed, i]))[0]
 
     def _read(self, i: int) -> np.ndarray:
         bgr = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)

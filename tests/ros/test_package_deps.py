@@ -1,37 +1,13 @@
-"""package.xml declares every ROS package the code and interfaces use, and the layers import only downwards.
+"""package.xml declares every ROS package the code and interfaces use (the layers: tests/test_layers.py).
 
 Runs without ROS: it reads files (and asks the ament index, when there is one, which names are ROS packages).
 """
 from __future__ import annotations
 
-import ast
-import os
 import re
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = "pixellm_ros"
-# Module names that are ROS packages even where no ament index is installed.
-ROS_NAME = re.compile(r"^(rclpy|rcl_\w+|rosidl_\w+|ament_\w+|launch|launch_\w+|\w+_msgs|\w+_srvs|\w+_interfaces"
-                      r"|cv_bridge|sensor_msgs_py|message_filters|image_transport\w*|tf2_\w+|rosbag2_\w+|ros2\w*)$")
-
-
-def _ament_packages() -> set[str]:
-    """Packages in the ament index of AMENT_PREFIX_PATH and of this Python's prefix (a venv with ROS wheels)."""
-    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-    index = "share/ament_index/resource_index/packages"
-    return {p.name for prefix in prefixes if (Path(prefix) / index).is_dir() for p in (Path(prefix) / index).iterdir()}
-
-
-AMENT_PACKAGES = _ament_packages()
-
-
-def is_ros_package(name: str) -> bool:
-    return name != PACKAGE and (name in AMENT_PACKAGES or bool(ROS_NAME.match(name)))
+from import_graph import PACKAGE, ROOT, imported_modules, is_ros_package, python_files  # tests/ (conftest.py)
 
 
 def package_deps() -> dict[str, set[str]]:
@@ -41,31 +17,6 @@ def package_deps() -> dict[str, set[str]]:
         if el.tag.endswith("depend"):
             deps.setdefault(el.tag, set()).add(el.text.strip())
     return deps
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Absolute names of the modules a Python file imports (relative imports resolved), incl. import_module("x")."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
-            names.add(node.args[0].value)
-    return names
-
-
-def python_files(*patterns: str) -> list[Path]:
-    return sorted(p for pattern in patterns for p in ROOT.glob(pattern) if "__pycache__" not in p.parts)
 
 
 def interface_deps() -> set[str]:
@@ -115,34 +66,9 @@ def test_ros_package_classifier():
         assert not is_ros_package(name), name
 
 
-def test_imported_modules_resolves_relative_and_dynamic_imports(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+def test_imported_modules_resolves_relative_and_dynamic_imports(tmp_path):
     path = tmp_path / PACKAGE / "model" / "x.py"
     path.parent.mkdir(parents=True)
     path.write_text("from . import a\nfrom ..engine import E\nimport importlib\nimportlib.import_module('rclpy')\n")
-    assert imported_modules(path) == {f"{PACKAGE}.model", f"{PACKAGE}.model.a", f"{PACKAGE}.engine",
-                                      f"{PACKAGE}.engine.E", "importlib", "rclpy"}
-
-
-# Layers (ARCHITECTURE.md): node -> engine -> model. model and engine run without ROS.
-LAYERS = {
-    "model": (f"{PACKAGE}/model/**/*.py", (f"{PACKAGE}.model",)),
-    "engine": (f"{PACKAGE}/engine*", (f"{PACKAGE}.model", f"{PACKAGE}.engine")),
-}
-
-
-@pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_layer_imports_no_ros_and_points_down(layer):
-    pattern, allowed = LAYERS[layer]
-    files = [p for p in python_files(pattern, pattern + "/**/*.py") if p.suffix == ".py"]
-    if not files:
-        pytest.skip(f"no files match {pattern} yet")
-    problems = []
-    for path in files:
-        for name in sorted(imported_modules(path)):
-            top = name.split(".")[0]
-            if is_ros_package(top):
-                problems.append(f"{path.relative_to(ROOT)} imports ROS package {name}")
-            elif top == PACKAGE and name != PACKAGE and not name.startswith(allowed):
-                problems.append(f"{path.relative_to(ROOT)} imports {name} (the {layer} layer may only use {allowed})")
-    assert not problems, "\n".join(problems)
+    assert imported_modules(path, tmp_path) == {f"{PACKAGE}.model", f"{PACKAGE}.model.a", f"{PACKAGE}.engine",
+                                                f"{PACKAGE}.engine.E", "importlib", "rclpy"}
