@@ -92,7 +92,7 @@ fi
 IFACE_STAMP=$BUILD/.pixellm-interfaces.sha256
 # Inputs: the interface files, the package files, the venv path and the pinned ROS wheels (rosidl version).
 iface_hash=$(hash_of "$VENV $(grep -iE '^(ros-|catkin-pkg)' requirements.txt)" CMakeLists.txt package.xml \
-  $(find msg srv action -type f | LC_ALL=C sort))
+  $(find msg srv action cmake -type f | LC_ALL=C sort))
 if [[ -f $IFACE_STAMP && $(cat "$IFACE_STAMP") == "$iface_hash" ]] && interfaces_ok; then
   phase interfaces "unchanged"
 else
@@ -137,6 +137,66 @@ else
   interfaces_ok || die "pip install -e . removed the generated interfaces (distribution name clash?)"
   echo "$edit_hash" >"$EDIT_STAMP"
   phase scripts "pip install -e ."
+fi
+
+# 7. ROS 2 launch system and `ros2` CLI (launch, launch_ros, ros2launch, ros2cli + verbs, rosidl_runtime_py,
+#    composition_interfaces): no wheels exist, so they come from the source archives in LAUNCH_VENDOR (see its
+#    README.md): Python packages with --no-deps (PyPI's unrelated 'launch' must never be pulled in), their one
+#    missing dependency osrf-pycommon through the wheelhouse, composition_interfaces (imported by launch_ros)
+#    built with rosidl into the venv prefix. Skipped in a ROS install (launch_ros importable from outside the
+#    venv) and without the archives (a user's clone): then the launch/CLI tests skip and `make demo` runs
+#    without `ros2 launch`.
+LAUNCH_VENDOR=${PIXELLM_LAUNCH_VENDOR:-$ROOT/../shared/vendor/ros2_launch_cli}
+OSRF_PYCOMMON=osrf-pycommon==2.0.2
+LAUNCH_STAMP=$VENV/.pixellm-launch-tools.sha256
+launch_ros_file() {  # where launch_ros (with composition_interfaces and the ros2 CLI) would import from, else nothing
+  (cd / && "$PY" -c 'from importlib.util import find_spec as f
+m = [f(n) for n in ("composition_interfaces.srv", "ros2cli", "ros2launch", "launch_ros")]
+print(m[-1].origin if all(m) else "")' 2>/dev/null) || true
+}
+launch_where=$(launch_ros_file)
+if [[ -n $launch_where && $launch_where != "$VENV"/* ]]; then
+  phase launch_tools "from the ROS install ($launch_where)"
+elif [[ ! -d $LAUNCH_VENDOR ]]; then
+  if [[ -n $launch_where ]]; then phase launch_tools "present (no $LAUNCH_VENDOR to compare with)"
+  else phase launch_tools "skipped: no $LAUNCH_VENDOR (set PIXELLM_LAUNCH_VENDOR); launch/CLI tests will skip"; fi
+else
+  launch_hash=$(hash_of "$VENV $OSRF_PYCOMMON $(grep -iE '^ros-' requirements.txt)" \
+    "$LAUNCH_VENDOR"/*.tar.gz cmake/pixellm_wheel_include_fix.cmake)
+  if [[ -f $LAUNCH_STAMP && $(cat "$LAUNCH_STAMP") == "$launch_hash" && -n $launch_where ]]; then
+    phase launch_tools "unchanged"
+  else
+    rm -f "$LAUNCH_STAMP"
+    SRC=$BUILD/launch_tools/src
+    rm -rf "$SRC" && mkdir -p "$SRC"
+    for a in "$LAUNCH_VENDOR"/*.tar.gz; do tar xzf "$a" -C "$SRC"; done
+    if ! quiet_pip install -q --no-compile --no-index --find-links "$WHEELS" "$OSRF_PYCOMMON" 2>/dev/null; then
+      mkdir -p "$WHEELS"
+      quiet_pip wheel -q --no-deps -w "$WHEELS" "$OSRF_PYCOMMON"
+      quiet_pip install -q --no-compile --no-index --find-links "$WHEELS" "$OSRF_PYCOMMON"
+    fi
+    # Every setup.py/pyproject folder of the archives except the CMake package (composition_interfaces).
+    mapfile -t pkgs < <(find "$SRC" -maxdepth 3 -name setup.py -printf '%h\n' | LC_ALL=C sort)
+    ((${#pkgs[@]} >= 16)) || die "expected 16 Python packages in $LAUNCH_VENDOR, found ${#pkgs[@]}"
+    quiet_pip install -q --no-compile --no-deps --no-build-isolation "${pkgs[@]}" >/dev/null
+    phase launch_tools "${#pkgs[@]} Python packages + $OSRF_PYCOMMON"
+    CI_SRC=$(dirname "$(find "$SRC" -path '*/composition_interfaces/package.xml' | head -n1)")
+    [[ -f $CI_SRC/CMakeLists.txt ]] || die "no composition_interfaces in $LAUNCH_VENDOR"
+    CI_BUILD=$BUILD/launch_tools/composition_interfaces
+    (export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+     cmake -S "$CI_SRC" -B "$CI_BUILD" -Wno-dev -DCMAKE_INSTALL_PREFIX="$VENV" -DBUILD_TESTING=OFF \
+       -DPython3_EXECUTABLE="$PY" -DCMAKE_PROJECT_INCLUDE="$ROOT/cmake/pixellm_wheel_include_fix.cmake" \
+       -DPIXELLM_DEFER_WHEEL_FIX=ON >"$BUILD/launch_tools/configure.log" 2>&1 \
+       || { tail -n 40 "$BUILD/launch_tools/configure.log"; die "composition_interfaces: cmake configure failed"; }
+     cmake --build "$CI_BUILD" -j"$(nproc)" >"$BUILD/launch_tools/build.log" 2>&1 \
+       || { tail -n 40 "$BUILD/launch_tools/build.log"; die "composition_interfaces: build failed"; }
+     cmake --install "$CI_BUILD" >"$BUILD/launch_tools/install.log" 2>&1 \
+       || { tail -n 40 "$BUILD/launch_tools/install.log"; die "composition_interfaces: install failed"; })
+    (cd / && "$PY" -c 'import launch_ros.actions, ros2cli.cli, composition_interfaces.srv') \
+      || die "launch_ros does not import after the install; see $BUILD/launch_tools/*.log"
+    echo "$launch_hash" >"$LAUNCH_STAMP"
+    phase composition "composition_interfaces (rosidl, CMake) into $VENV"
+  fi
 fi
 
 T=$T_ALL
