@@ -39,7 +39,7 @@ class EngineConfig:
     quantization: str = "none"  # "none", "8bit", "4bit": decoder linears via bitsandbytes (CUDA or CPU)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_question_chars: int = 2000
-    max_image_pixels: int = 8192 * 8192
+    max_image_pixels: int = 16_777_216  # = config/pixellm.yaml and conversions.DEFAULT_MAX_PIXELS (a test checks)
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
     compile: str = "auto"  # "true", "false", "auto": torch.compile the decode step (auto: CUDA yes, CPU no)
 
