@@ -1,7 +1,8 @@
 """Camera frames the node keeps between image callbacks and queries (pure Python, no ROS).
 
-Image callbacks only `put` frames; the inference worker picks one per query by frame policy: `latest`,
-`nearest(stamp)` from the short ring, or `wait_next` (the first frame received after the query).
+Image callbacks only `put` frames; the inference worker picks one per query by frame policy (frame_choice.py):
+`latest`, `nearest(stamp)` from the short ring, or `first_after` / `wait_next` (the first frame received after
+the query).
 """
 from __future__ import annotations
 
@@ -58,19 +59,23 @@ class FrameCache:
             return None
         return best
 
+    def _first_after(self, after_received_ns: int) -> Frame | None:
+        for f in self._frames:
+            if f.received_ns > after_received_ns:
+                return f
+        return None
+
+    def first_after(self, after_received_ns: int) -> Frame | None:
+        """The first cached frame received after `after_received_ns`, or None (no waiting)."""
+        with self._cond:
+            return self._first_after(after_received_ns)
+
     def wait_next(self, after_received_ns: int, timeout_s: float) -> Frame | None:
         """The first frame received after `after_received_ns`, waiting up to `timeout_s` for it; None on timeout."""
-
-        def first_after() -> Frame | None:
-            for f in self._frames:
-                if f.received_ns > after_received_ns:
-                    return f
-            return None
-
         deadline = time.monotonic() + max(timeout_s, 0.0)
         with self._cond:
             while True:
-                frame = first_after()
+                frame = self._first_after(after_received_ns)
                 remaining = deadline - time.monotonic()
                 if frame is not None or remaining <= 0:
                     return frame
