@@ -71,6 +71,8 @@ class Result:
     image_size: tuple[int, int]  # (H, W) of the image the masks refer to
     image_cached: bool  # the image features were reused from an earlier question
     timings: Timings
+    draft_tokens: int = 0  # ids of the draft (a previous answer) verified; 0 = no draft
+    accepted_draft_tokens: int = 0  # leading tokens of this answer taken from the draft in one pass
 
     def label_image(self) -> np.ndarray:
         """(H, W) uint8: 0 background, k for target k (1-based); later targets win overlaps."""
@@ -191,10 +193,16 @@ class Engine:
                              f"{self.config.max_question_chars}")
         return question.strip()
 
-    def stream(self, question: str, sampling: SamplingConfig | None = None,
-               cancel: threading.Event | None = None) -> Generator[TextEvent | TargetEvent, None, Result]:
-        """Yield text pieces and each target as soon as its mask is decoded; return the Result."""
+    def stream(self, question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
+               draft: Result | Sequence[int] | None = None) -> Generator[TextEvent | TargetEvent, None, Result]:
+        """Yield text pieces and each target as soon as its mask is decoded; return the Result.
+
+        `draft`: a previous Result (or its token ids) for the same question, e.g. on the previous frame of a
+        standing query. It is verified in one pass and kept as far as greedy decoding agrees: the answer is
+        the one without a draft (model/drafts.py), usually for one pass instead of one step per token.
+        `Result.accepted_draft_tokens` says how much was kept. Ignored when sampling."""
         question = self._check_question(question)
+        draft_ids = draft.token_ids if isinstance(draft, Result) else draft
         with self._lock:
             if self._image is None or self._prefix is None:
                 raise RuntimeError("no image set: call set_image() first")
@@ -203,7 +211,7 @@ class Engine:
             t0 = time.perf_counter()
             first_token = first_mask = last_token = 0.0
             gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel,
-                         self.decoder)
+                         self.decoder, draft_ids)
             while True:
                 try:
                     event = next(gen)
@@ -223,9 +231,9 @@ class Engine:
                               decode=last_token - first_token, new_tokens=len(generation.token_ids))
             return self._result(question, generation, image, timings, cached=image_s == 0)
 
-    def ask(self, question: str, sampling: SamplingConfig | None = None,
-            cancel: threading.Event | None = None) -> Result:
-        return run_to_end(self.stream(question, sampling, cancel))
+    def ask(self, question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
+            draft: Result | Sequence[int] | None = None) -> Result:
+        return run_to_end(self.stream(question, sampling, cancel, draft))
 
     def ask_many(self, questions: Sequence[str], sampling: SamplingConfig | None = None) -> list[Result]:
         """Answer several questions on the current image in one batch."""
@@ -252,7 +260,7 @@ class Engine:
         return Result(question=question, answer=g.answer, raw_text=g.raw_text, token_ids=g.token_ids,
                       targets=g.targets, incomplete_codebook_tokens=g.incomplete_codebook_tokens,
                       stop_reason=g.stop_reason, image_size=image.original_size, image_cached=cached,
-                      timings=timings)
+                      timings=timings, draft_tokens=g.draft_tokens, accepted_draft_tokens=g.accepted_draft_tokens)
 
     # ------------------------------------------------------------------------------- adapters
     def load_adapter(self, folder: str | Path) -> str:

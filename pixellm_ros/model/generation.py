@@ -18,6 +18,7 @@ import torch
 
 from .compiled import CompiledDecoder
 from .config import CODEBOOK_SIZE, IMAGE_TOKEN_INDEX
+from .drafts import usable_draft, verify_draft
 from .llama import KVCache
 from .pixellm import ImageFeatures, PixelLMForCausalLM
 from .processing import build_prompt
@@ -102,6 +103,8 @@ class Generation:
     stop_reason: str  # "eos", "max_new_tokens", "max_targets", "repetition" or "cancelled"
     codebook_hidden: torch.Tensor = field(repr=False)  # (n_codebook_tokens, H) producing states
     prompt_ids: list[int] = field(default_factory=list, repr=False)
+    draft_tokens: int = 0  # draft ids verified (after trimming: nothing when sampling, none after EOS)
+    accepted_draft_tokens: int = 0  # leading answer tokens taken from the draft's one-pass verification
 
 
 @dataclass
@@ -245,34 +248,47 @@ class _Collector:
         self.targets.append(target)
         return target
 
-    def result(self, stop_reason: str, prompt_ids: list[int]) -> Generation:
+    def result(self, stop_reason: str, prompt_ids: list[int], draft_tokens: int = 0, accepted: int = 0) -> Generation:
         hidden = torch.stack(self.seg_hidden) if self.seg_hidden else torch.zeros((0, self.model.config.hidden_size))
         return Generation(self.ids, self.tok.decode(self.ids), readable_answer(self.tok, self.ids), self.targets,
-                          len(self.seg_hidden) % CODEBOOK_SIZE, stop_reason, hidden, prompt_ids)
+                          len(self.seg_hidden) % CODEBOOK_SIZE, stop_reason, hidden, prompt_ids, draft_tokens, accepted)
 
 
 @torch.no_grad()
 def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures, prefix: ImagePrefix,
            question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
-           decoder: CompiledDecoder | None = None) -> Generator[TextEvent | TargetEvent, None, Generation]:
+           decoder: CompiledDecoder | None = None,
+           draft: Sequence[int] | None = None) -> Generator[TextEvent | TargetEvent, None, Generation]:
     """Yield text and target events while answering; return the Generation (StopIteration.value).
 
-    With a `decoder`, tokens after the first come from its compiled static-shape step (same ids)."""
+    With a `decoder`, tokens after the first come from its compiled static-shape step (same ids).
+    With a `draft` (e.g. the previous frame's answer ids), the question and the draft run in one pass and
+    the draft's longest prefix that greedy decoding agrees with is kept (model/drafts.py): same answer,
+    fewer steps. Ignored when sampling."""
     sampling = sampling or SamplingConfig()
     _, tail = split_prompt(tokenizer, question, model.config.mm_use_im_start_end)
+    draft = usable_draft(draft, sampling, tokenizer.eos_id, model.config.vocab_size)
     if decoder is not None:
-        return (yield from _stream_compiled(model, tokenizer, image, prefix, tail, sampling, cancel, decoder))
+        return (yield from _stream_compiled(model, tokenizer, image, prefix, tail, sampling, cancel, decoder, draft))
     device, p = model.device, prefix.length
     cache = prefix.cache.expand(1, p + len(tail) + sampling.max_new_tokens)
     key_valid = torch.ones((1, cache.capacity), dtype=torch.bool, device=device)
     key_valid[:, :p] = prefix.key_valid
-    tail_ids = torch.tensor([tail], device=device)
-    positions = torch.arange(p, p + len(tail), device=device)[None]
-    hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
     sample = _Sampler(sampling, device)
     collector = _Collector(model, tokenizer, image)
+    hidden, accepted = None, 0
+    if draft:
+        kept = yield from verify_draft(model, cache, key_valid, tail, draft, sampling, collector, tokenizer.eos_id,
+                                       cancel)
+        if kept.stop:
+            return collector.result(kept.stop, prefix.ids + tail, len(draft), kept.accepted)
+        hidden, accepted = kept.hidden, kept.accepted
+    if hidden is None:
+        tail_ids = torch.tensor([tail], device=device)
+        positions = torch.arange(p, p + len(tail), device=device)[None]
+        hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
     stop = "max_new_tokens"
-    for _ in range(sampling.max_new_tokens):
+    for _ in range(sampling.max_new_tokens - accepted):
         if cancel is not None and cancel.is_set():
             stop = "cancelled"
             break
@@ -291,28 +307,37 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
         pos = cache.length
         hidden = model.model(model.model.embed_tokens(torch.tensor([[token]], device=device)),
                              torch.tensor([[pos]], device=device), key_valid[:, : pos + 1], cache)[:, -1]
-    return collector.result(stop, prefix.ids + tail)
+    return collector.result(stop, prefix.ids + tail, len(draft), accepted)
 
 
 def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
                      prefix: ImagePrefix, tail: list[int], sampling: SamplingConfig, cancel: threading.Event | None,
-                     decoder: CompiledDecoder) -> Generator[TextEvent | TargetEvent, None, Generation]:
+                     decoder: CompiledDecoder, draft: list[int]) -> Generator[TextEvent | TargetEvent, None, Generation]:
     """`stream` with the decode step of `decoder`. The question is prefilled eagerly into the decoder's
     cache; the token id is the only host sync per token. On CUDA the next step is launched before this
     token's events (and a mask it completes) are handled, so the GPU never waits for them."""
     device, p = model.device, prefix.length
     needed = p + len(tail) + sampling.max_new_tokens
     with decoder.cache(prefix.cache, prefix.key_valid, 1, needed) as (cache, key_valid):
-        tail_ids = torch.tensor([tail], device=device)
-        positions = torch.arange(p, p + len(tail), device=device)[None]
-        hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
-        logits = model.logits(hidden)
-        pos = torch.tensor([cache.length], device=device)
         sample = _Sampler(sampling, device)
         collector = _Collector(model, tokenizer, image)
+        hidden, accepted = None, 0
+        if draft:  # verified eagerly in the decoder's cache; the compiled steps continue after the kept prefix
+            kept = yield from verify_draft(model, cache, key_valid, tail, draft, sampling, collector,
+                                           tokenizer.eos_id, cancel)
+            if kept.stop:
+                return collector.result(kept.stop, prefix.ids + tail, len(draft), kept.accepted)
+            hidden, accepted = kept.hidden, kept.accepted
+        if hidden is None:
+            tail_ids = torch.tensor([tail], device=device)
+            positions = torch.arange(p, p + len(tail), device=device)[None]
+            hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)],
+                                 cache)[:, -1]
+        logits = model.logits(hidden)
+        pos = torch.tensor([cache.length], device=device)
         ahead = device.type == "cuda"
         stop = "max_new_tokens"
-        for _ in range(sampling.max_new_tokens):
+        for _ in range(sampling.max_new_tokens - accepted):
             if cancel is not None and cancel.is_set():
                 stop = "cancelled"
                 break
@@ -332,7 +357,7 @@ def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, ima
             if not ahead:
                 hidden, logits = decoder.step(tokens, pos, pos, key_valid, cache)
                 pos += 1
-    return collector.result(stop, prefix.ids + tail)
+    return collector.result(stop, prefix.ids + tail, len(draft), accepted)
 
 
 def run_to_end(gen: Generator):
@@ -344,9 +369,10 @@ def run_to_end(gen: Generator):
             return stop.value
 
 
-def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None, decoder=None) -> Generation:
+def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None, decoder=None,
+             draft=None) -> Generation:
     """`stream` without the events."""
-    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel, decoder))
+    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel, decoder, draft))
 
 
 @torch.no_grad()
