@@ -3,8 +3,8 @@
     ros2 launch pixellm_ros pixellm.launch.py image:=/camera/color/image_raw model_path:=/models/pixellm-7b
 
 Arguments: params_file (default share/pixellm_ros/config/pixellm.yaml), model_path (empty = the YAML's),
-image (topic the node's `image` input is remapped to), namespace, autostart (configure + activate the
-lifecycle node on start; false = wait for `ros2 lifecycle set`).
+max_new_tokens (empty = the YAML's), image (topic the node's `image` input is remapped to), namespace,
+autostart (configure + activate the lifecycle node on start; false = wait for `ros2 lifecycle set`).
 """
 import os
 
@@ -22,6 +22,8 @@ def _node(context):
     overrides = {"autostart": arg("autostart").strip().lower() in ("true", "1", "yes")}
     if arg("model_path"):
         overrides["model_path"] = arg("model_path")
+    if arg("max_new_tokens"):
+        overrides["max_new_tokens"] = int(arg("max_new_tokens"))
     return [Node(package="pixellm_ros", executable="pixellm_node", name="pixellm", namespace=arg("namespace"),
                  parameters=[arg("params_file"), overrides], remappings=[("image", arg("image"))],
                  output="screen", emulate_tty=True)]
@@ -34,6 +36,8 @@ def generate_launch_description():
                               description="node parameter YAML (/**: ros__parameters: layout)"),
         DeclareLaunchArgument("model_path", default_value="",
                               description="model folder (hf_model layout); empty = model_path of params_file"),
+        DeclareLaunchArgument("max_new_tokens", default_value="",
+                              description="longest answer in tokens; empty = max_new_tokens of params_file"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw",
                               description="camera image topic (sensor_msgs/Image)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),

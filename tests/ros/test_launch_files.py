@@ -1,4 +1,4 @@
-"""STRUCTURE test of launch/*.launch.py — not a launch test: `launch`/`launch_ros` are not installable here.
+"""STRUCTURE test of launch/*.launch.py, runs without ROS (the real `ros2 launch` tests: test_launch_cli.py).
 
 The modules `launch`, `launch_ros` and `ament_index_python` are replaced by tiny recording fakes; each launch
 file's generate_launch_description() is executed (OpaqueFunctions called, included launch files followed) and
@@ -56,7 +56,10 @@ def fake_modules() -> dict[str, types.ModuleType]:
     return {
         "launch": module("launch", LaunchDescription=cls("LaunchDescription")),
         "launch.actions": module("launch.actions", **{n: cls(n) for n in (
-            "DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription", "GroupAction", "SetEnvironmentVariable")}),
+            "DeclareLaunchArgument", "OpaqueFunction", "IncludeLaunchDescription", "GroupAction", "SetEnvironmentVariable",
+            "RegisterEventHandler", "EmitEvent")}),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessExit=cls("OnProcessExit")),
+        "launch.events": module("launch.events", Shutdown=cls("Shutdown")),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=LaunchConfiguration,
                                        PathJoinSubstitution=cls("PathJoinSubstitution")),
         "launch.conditions": module("launch.conditions", IfCondition=cls("IfCondition"),
@@ -108,6 +111,10 @@ def run_launch_file(path: Path, arguments: dict | None = None) -> tuple[list[Rec
             files += sub_files
         elif kind == "Node":
             nodes.append(action)
+        elif kind == "RegisterEventHandler":  # on a process exit: must watch a node of this file, and shut down
+            handler = action.args[0]
+            assert type(handler).__name__ == "OnProcessExit" and handler.kwargs["target_action"] in nodes
+            assert [type(a.kwargs["event"]).__name__ for a in handler.kwargs["on_exit"]] == ["Shutdown"]
         else:
             raise AssertionError(f"{path.name}: unexpected action {kind}")
     return nodes, files, context
@@ -173,13 +180,14 @@ def test_launch_file_structure(fakes, path):
 
 def test_pixellm_launch_arguments_reach_the_node(fakes):
     nodes, _, context = run_launch_file(ROOT / "launch" / "pixellm.launch.py", {
-        "model_path": "/models/7b", "image": "/cam/color", "namespace": "robot1", "autostart": "false"})
+        "model_path": "/models/7b", "image": "/cam/color", "namespace": "robot1", "autostart": "false",
+        "max_new_tokens": "64"})
     (node,) = nodes
-    assert set(context) >= {"params_file", "model_path", "image", "namespace", "autostart"}
+    assert set(context) >= {"params_file", "model_path", "max_new_tokens", "image", "namespace", "autostart"}
     assert node.kwargs["executable"] == "pixellm_node" and node.kwargs["namespace"] == "robot1"
     params_file, overrides = node.kwargs["parameters"]
     assert params_file == SHARE + "/config/pixellm.yaml"
-    assert overrides == {"model_path": "/models/7b", "autostart": False}
+    assert overrides == {"model_path": "/models/7b", "autostart": False, "max_new_tokens": 64}
     assert ("image", "/cam/color") in node.kwargs["remappings"]
     (default,), _, _ = run_launch_file(ROOT / "launch" / "pixellm.launch.py")
     assert default.kwargs["parameters"][1] == {"autostart": True}  # the YAML's model_path is kept
