@@ -262,6 +262,81 @@ def evaluate_muse(ds, predict: Predictor, out: Path | None = None, samples: int 
     return write_report(metrics, shown, out, skipped=skipped), skipped
 
 
+# ------------------------------------------------------------------------------------------------ OOD
+
+GUARD_STOPS = ("max_targets", "repetition")  # stop reasons that mean a guard cut the answer
+# What "bounded" means for one answer (issue #19): at most this many targets / characters / same word in a row.
+BOUND_TARGETS, BOUND_CHARS, BOUND_WORD_RUN = 8, 300, 4
+
+
+def node_sampling(defaults: dict | None = None) -> SamplingConfig:
+    """The sampling the node answers with by default (config/pixellm.yaml: max_new_tokens and the guards)."""
+    from pixellm_ros.params import load_defaults
+
+    d = defaults or load_defaults()
+    return SamplingConfig(max_new_tokens=d["max_new_tokens"], max_targets=d["max_targets"],
+                          repetition_ngram=d["repetition_ngram"], repetition_count=d["repetition_count"])
+
+
+def longest_word_run(text: str) -> int:
+    """The most times one word follows itself in a row ("cup cup, cup." -> 3), case and punctuation ignored."""
+    words = [w for w in (re.sub(r"[^\w]", "", w.lower()) for w in text.split()) if w]
+    best = run = 0
+    for k, w in enumerate(words):
+        run = run + 1 if k and w == words[k - 1] else 1
+        best = max(best, run)
+    return best
+
+
+def ood_summary(answers: Sequence[dict]) -> dict:
+    """The OOD figures over per-answer records (keys: targets, tokens, chars, word_run, stop_reason)."""
+    n = len(answers)
+    if not n:
+        return {"answers": 0}
+    bounded = [a["targets"] <= BOUND_TARGETS and a["chars"] <= BOUND_CHARS and a["word_run"] <= BOUND_WORD_RUN
+               for a in answers]
+    return {"answers": n,
+            "no_target_fraction": sum(a["targets"] == 0 for a in answers) / n,
+            "eos_fraction": sum(a["stop_reason"] == "eos" for a in answers) / n,
+            "guard_cut_fraction": sum(a["stop_reason"] in GUARD_STOPS for a in answers) / n,
+            "bounded_fraction": sum(bounded) / n,
+            "mean_tokens": sum(a["tokens"] for a in answers) / n,
+            "mean_targets": sum(a["targets"] for a in answers) / n,
+            "max_targets": max(a["targets"] for a in answers),
+            "max_chars": max(a["chars"] for a in answers),
+            "max_word_run": max(a["word_run"] for a in answers),
+            "stop_reasons": {r: sum(a["stop_reason"] == r for a in answers)
+                             for r in sorted({a["stop_reason"] for a in answers})}}
+
+
+def evaluate_ood(engine: Engine, samples: list[Sample], settings: dict[str, SamplingConfig],
+                 out: Path | None = None) -> dict:
+    """Ask every question of `samples` (out-of-domain images: no domain object in any, see
+    randomize.ood_eval_set) once per sampling setting; per setting the summary over all answers and per image
+    group (photo / texture). Writes report_ood.json under `out`."""
+    report: dict = {"images": len({s.source for s in samples}), "questions": len(samples), "settings": {}}
+    for name, sampling in settings.items():
+        answers = []
+        for s in tqdm(samples, desc=f"ood {name}", leave=False):
+            engine.set_image(s.image, image_key=s.source)
+            r = engine.ask(s.question, sampling)
+            answers.append({"source": s.source, "question": s.question, "answer": r.answer,
+                            "targets": len(r.targets), "tokens": len(r.token_ids), "chars": len(r.answer),
+                            "word_run": longest_word_run(r.answer), "stop_reason": r.stop_reason})
+        groups = sorted({a["source"].split(":")[1] for a in answers})
+        report["settings"][name] = {"sampling": {k: getattr(sampling, k) for k in
+                                                 ("max_new_tokens", "max_targets", "repetition_ngram",
+                                                  "repetition_count")},
+                                    **ood_summary(answers),
+                                    "by_group": {g: ood_summary([a for a in answers if a["source"].split(":")[1] == g])
+                                                 for g in groups},
+                                    "per_answer": answers}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report_ood.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 def write_examples(shown: list[tuple[Sample, Prediction]], path: Path, width: int = 320) -> None:
@@ -302,6 +377,10 @@ def main(argv=None) -> int:
     ap.add_argument("--question-kind", choices=QUESTION_KINDS, help="ask only this kind (default: the usual mix)")
     ap.add_argument("--max-new-tokens", type=int,
                     help=f"answer length limit (synthetic {SYNTHETIC_MAX_NEW_TOKENS}, MUSE {MUSE_MAX_NEW_TOKENS})")
+    ap.add_argument("--ood", action="store_true",
+                    help="out-of-domain answers: held-out photographs + procedural images (randomize.ood_eval_set), "
+                         "with the node's default guards and with the engine's defaults (no guards)")
+    ap.add_argument("--ood-questions", type=int, default=4, help="--ood: questions per image")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -318,7 +397,16 @@ def main(argv=None) -> int:
                                      sampling=SamplingConfig(max_new_tokens=limit)))
         if args.adapter:
             engine.load_adapter(args.adapter)
-    if args.muse:
+    if args.ood:
+        if engine is None or args.muse:
+            ap.error("--ood asks a model: give --model (and no --muse)")
+        from .data.randomize import ood_eval_set
+        samples = ood_eval_set(args.ood_questions)
+        report = evaluate_ood(engine, samples, {"node_defaults": node_sampling(), "engine_defaults": SamplingConfig()},
+                              out)
+        for setting in report["settings"].values():
+            setting.pop("per_answer")
+    elif args.muse:
         from .data.muse import MuseDataset
         try:  # a file that cannot be read or a bad prediction file stops the run (records are only skipped)
             ds = MuseDataset(args.muse, args.image_root)

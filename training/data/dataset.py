@@ -65,16 +65,22 @@ def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, 
 
 def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
     """(index -> Sample, length or None for an endless stream)."""
-    if src.kind == "synthetic":
+    if src.kind in ("synthetic", "randomized", "negative"):
         if src.objects and len(src.objects) != 2:
-            raise ValueError(f"synthetic source: objects must be [min, max], got {src.objects}")
+            raise ValueError(f"{src.kind} source: objects must be [min, max], got {src.objects}")
         cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene, phrasing=src.phrasing,
                               **({"kinds": tuple(src.kinds)} if src.kinds else {}),
                               **({"question_mix": dict(src.question_mix)} if src.question_mix else {}),
                               **(dict(zip(("min_objects", "max_objects"), src.objects)) if src.objects else {}))
+        make: Callable[[int, int, SyntheticConfig], Sample] = synthetic_sample
+        if src.kind != "synthetic":  # domain randomization / negatives (randomize.py; needs scikit-image)
+            from .randomize import RandomizeConfig, negative_sample, randomized_sample
+            rcfg = RandomizeConfig(scene=cfg)
+            fn = randomized_sample if src.kind == "randomized" else negative_sample
+            make = lambda seed, i, _cfg: fn(seed, i, rcfg)  # noqa: E731
         if src.size:
-            return (lambda i: synthetic_sample(src.seed, i % src.size, cfg)), src.size
-        return (lambda i: synthetic_sample(src.seed, i, cfg)), None
+            return (lambda i: make(src.seed, i % src.size, cfg)), src.size
+        return (lambda i: make(src.seed, i, cfg)), None
     if src.kind == "muse":
         from .muse import MuseDataset
         ds = MuseDataset(src.path, src.image_root)
