@@ -1,7 +1,8 @@
-"""sensor_msgs <-> numpy: camera images in, masks / label images / point clouds out.
+"""sensor_msgs <-> numpy: camera images in, masks / label images / point clouds out (the node's other messages:
+messages.py).
 
-The readers (`image_to_rgb`, `compressed_to_rgb`, `depth_to_meters`, `cloud_to_points`) only read message
-attributes, so they also take rosbags messages (training/capture.py uses them); the message classes are
+The readers (`image_to_rgb`, `compressed_to_rgb`, `depth_to_meters`, `cloud_to_points`, `stamp_ns`) only read
+message attributes, so they also take rosbags messages (training/capture.py uses them); the message classes are
 imported where messages are built. Every problem with an incoming image raises ImageConversionError with a
 message that names the encoding, the sizes and what is supported.
 """
@@ -15,7 +16,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 4096 * 4096
+# The node's default, max_image_pixels in config/pixellm.yaml (test_max_image_pixels_has_one_default checks that it,
+# this and EngineConfig's agree; the readers are used without the node, so they need one of their own).
+DEFAULT_MAX_PIXELS = 16_777_216
 
 # encoding (lower case) -> (bytes per pixel, conversion of the (H, W, C) uint8 array to RGB, or None)
 _COLOR_ENCODINGS = {
@@ -195,6 +198,11 @@ def depth_to_meters(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     with np.errstate(invalid="ignore"):
         depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
     return depth
+
+
+def stamp_ns(stamp: Any) -> int:
+    """A builtin_interfaces/Time (or any object with sec and nanosec: rosbags messages too) in nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 # ----------------------------------------------------------------------------------------------- output

@@ -23,6 +23,7 @@ from std_msgs.msg import Header
 
 from .conversions import rgb_to_msg
 from .executor import spin_once_until_shutdown
+from .messages import pinhole_info
 from .scenes import render_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -58,15 +59,6 @@ class FrameSource:
         if scene not in self._cache:
             self._cache[scene] = self._render(scene)
         return self._cache[scene]
-
-
-def pinhole_info(header: Header, height: int, width: int, hfov_deg: float = 60.0) -> CameraInfo:
-    """CameraInfo of an ideal pinhole camera with the principal point in the image centre."""
-    f = (width / 2) / np.tan(np.radians(hfov_deg) / 2)
-    cx, cy = (width - 1) / 2, (height - 1) / 2
-    return CameraInfo(header=header, height=height, width=width, distortion_model="plumb_bob", d=[0.0] * 5,
-                      k=[f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0], r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-                      p=[f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 class DemoCamera(Node):

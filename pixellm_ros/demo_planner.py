@@ -29,19 +29,14 @@ from sensor_msgs.msg import Image
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import Segment
 
-from .conversions import ImageConversionError, image_to_rgb
+from .conversions import ImageConversionError, image_to_rgb, stamp_ns
 from .executor import NO_EVENT_HANDLERS, spin_once_until_shutdown
+from .messages import STATUS_NAMES
 from .overlay import draw_overlay
 
 QUESTIONS = ["Which objects could hold water?", "Where is the red cup?", "Segment all the blue objects.",
              "What could I use to cut the rope?"]
-STATUS_NAMES = {getattr(SegmentationResult, n): n for n in dir(SegmentationResult)
-                if n.isupper() and isinstance(getattr(SegmentationResult, n), int)}
 RETRY_STATUSES = (SegmentationResult.NO_IMAGE, SegmentationResult.NOT_READY)  # the node is still starting
-
-
-def stamp_key(stamp) -> tuple[int, int]:
-    return int(stamp.sec), int(stamp.nanosec)
 
 
 def mask_of(image: Image) -> np.ndarray:
@@ -58,12 +53,12 @@ class DemoPlanner(Node):
         self.call_timeout_s = float(self.declare_parameter("call_timeout_s", 300.0).value)
         self.keep_frames = int(self.declare_parameter("keep_frames", 60).value)
         self.client = self.create_client(Segment, self.service)
-        self.frames: OrderedDict[tuple[int, int], Image] = OrderedDict()  # header stamp -> camera frame
+        self.frames: OrderedDict[int, Image] = OrderedDict()  # header stamp -> camera frame
         self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data,
                                  event_callbacks=NO_EVENT_HANDLERS)  # a camera stream: see executor.py
 
     def _on_image(self, msg: Image) -> None:
-        self.frames[stamp_key(msg.header.stamp)] = msg
+        self.frames[stamp_ns(msg.header.stamp)] = msg
         while len(self.frames) > self.keep_frames:
             self.frames.popitem(last=False)
 
@@ -92,7 +87,7 @@ class DemoPlanner(Node):
 
     def save_overlay(self, result: SegmentationResult, path: Path) -> str:
         masks = [mask_of(t.mask) for t in result.targets]
-        key = stamp_key(result.header.stamp)
+        key = stamp_ns(result.header.stamp)
         self.spin_until(lambda: key in self.frames, 1.0)  # our copy of the frame may still be on its way
         frame = self.frames.get(key)
         note = ""

@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pixellm_ros.conversions import compressed_to_rgb, image_to_rgb
+from pixellm_ros.conversions import compressed_to_rgb, image_to_rgb, stamp_ns
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def capture(bag: str | Path, out: str | Path, topics: list[str] | None = None, e
             meta = {"bag": str(bag), "topic": conn.topic, "message": n, "log_time_ns": int(stamp),
                     "encoding": getattr(msg, "encoding", None) or getattr(msg, "format", None),
                     "frame_id": getattr(header, "frame_id", None),
-                    "stamp_ns": (int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)) if header else None}
+                    "stamp_ns": stamp_ns(header.stamp) if header else None}
             js.write_text(json.dumps(labelme_template(png.name, *rgb.shape[:2], meta), indent=2) + "\n")
     return written
 

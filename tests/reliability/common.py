@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_fixtures import ROOT, Client, NodeProcess
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.messages import STATUS_NAMES
+from pixellm_ros.msg import Query
 from pixellm_ros.srv import Segment
 
 log = logging.getLogger("reliability")
-STATUS_NAMES = {getattr(S, n): n for n in dir(S) if n.isupper() and isinstance(getattr(S, n), int)}
 HERE = Path(__file__).resolve().parent
 
 

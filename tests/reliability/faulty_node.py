@@ -19,6 +19,7 @@ import sys
 import torch
 
 import pixellm_ros.node as node_module
+from pixellm_ros.answering import Answering
 from pixellm_ros.engine import Engine
 
 _question: dict[str, str] = {}
@@ -41,7 +42,7 @@ def _patch() -> None:
             raise MemoryError("injected fault: cannot allocate 4.00 GiB for the image features")
         return real_set_image(self, rgb, image_key)
 
-    real_answer = node_module.PixelLMNode._answer
+    real_answer = Answering.answer
 
     def answer(self, req):
         _question["text"] = req.query.text
@@ -53,7 +54,7 @@ def _patch() -> None:
         return real_on_query(self, msg)
 
     Engine.stream, Engine.set_image = stream, set_image
-    node_module.PixelLMNode._answer, node_module.PixelLMNode._on_query = answer, on_query
+    Answering.answer, node_module.PixelLMNode._on_query = answer, on_query
 
 
 if __name__ == "__main__":

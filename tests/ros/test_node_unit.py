@@ -15,10 +15,13 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-import pixellm_ros.node as node_module
+import pixellm_ros.outputs as outputs_module
 from node_fixtures import ROOT, image_msg, sample_rgb
+from pixellm_ros.messages import detections_msg
 from pixellm_ros.msg import Query, SegmentationResult as S, TargetMask
-from pixellm_ros.node import PixelLMNode, Request, detections_msg, import_vision_msgs, resolve_adapter
+from pixellm_ros.node import PixelLMNode, resolve_adapter
+from pixellm_ros.outputs import import_vision_msgs
+from pixellm_ros.serving import Request
 from pixellm_ros.params import ENGINE_PARAMS, ConfigError, NodeConfig, configure, load_defaults
 
 pytestmark = pytest.mark.ros
@@ -31,6 +34,14 @@ def test_yaml_is_the_one_source_of_defaults():
     section = readme.split("## The ROS 2 node", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
     assert set(defaults) <= documented, f"not in the README parameter table: {set(defaults) - documented}"
+
+
+def test_max_image_pixels_has_one_default():
+    """The YAML's value is the node's; the engine and the image readers, used without the node, default to it."""
+    from pixellm_ros.conversions import DEFAULT_MAX_PIXELS
+    from pixellm_ros.engine import EngineConfig
+
+    assert load_defaults()["max_image_pixels"] == EngineConfig.max_image_pixels == DEFAULT_MAX_PIXELS
 
 
 def test_configure_maps_and_reports_every_problem(scripted_model, tmp_path):
@@ -121,7 +132,7 @@ def _ask(node: PixelLMNode, qid: str) -> S:
     got = []
     req = Request(Query(id=qid, text="Where is the cup?"), "test", got.append,
                   image=image_msg(sample_rgb(1), Header(frame_id="given")))
-    node._finish(req, node._answer(req))
+    node.serving.finish(req, node.serving.answer(req))
     return got[0]
 
 
@@ -129,7 +140,7 @@ def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatc
     assert _ask(local_node, "ok").status == S.OK
     freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
-    engine = local_node._engine
+    engine = local_node.serving.engine
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -147,12 +158,12 @@ def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatc
 
 def test_overlay_drawn_only_while_subscribed(local_node, monkeypatch):
     drawn = []
-    real = node_module.draw_overlay
-    monkeypatch.setattr(node_module, "draw_overlay", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    real = outputs_module.draw_overlay
+    monkeypatch.setattr(outputs_module, "draw_overlay", lambda *a, **k: drawn.append(1) or real(*a, **k))
     assert _ask(local_node, "nobody").status == S.OK and drawn == []
     local_node.create_subscription(Image, "~/overlay", lambda msg: None, 5)
     deadline = time.monotonic() + 10
-    while local_node._overlay_pub.get_subscription_count() == 0:
+    while local_node.outputs.overlay.get_subscription_count() == 0:
         assert time.monotonic() < deadline, "the overlay subscription did not match"
         time.sleep(0.01)
     assert _ask(local_node, "watched").status == S.OK and drawn == [1]
@@ -169,13 +180,13 @@ def test_no_answer_reports_an_image_age_above_the_limit(local_node, monkeypatch)
     now = local_node.get_clock().now().nanoseconds
     header = Header(frame_id="cam")
     header.stamp.sec, header.stamp.nanosec = divmod(now - 900_000_000, 1_000_000_000)
-    local_node._cameras.get().put(Frame(image_msg(sample_rgb(2), header), now - 900_000_000, time.monotonic_ns(),
+    local_node.serving.cameras.get().put(Frame(image_msg(sample_rgb(2), header), now - 900_000_000, time.monotonic_ns(),
                                         "camera"))
-    real = local_node._convert
-    monkeypatch.setattr(local_node, "_convert", lambda *a: time.sleep(0.3) or real(*a))
+    real = local_node.serving.convert
+    monkeypatch.setattr(local_node.serving, "convert", lambda *a: time.sleep(0.3) or real(*a))
     got = []
     req = Request(Query(id="late", text="Where is the cup?"), "test", got.append)
-    local_node._finish(req, local_node._answer(req))
+    local_node.serving.finish(req, local_node.serving.answer(req))
     age = got[0].image_age.sec + got[0].image_age.nanosec * 1e-9
     assert not (got[0].status == S.OK and age > limit), age
     assert got[0].status == S.STALE_IMAGE and "max_image_age_s" in got[0].status_message
@@ -190,14 +201,14 @@ def test_the_caller_is_answered_before_the_topics_and_the_heap_is_frozen_only_wh
     import gc
 
     order = []
-    real = local_node._publish_outputs
-    monkeypatch.setattr(local_node, "_publish_outputs", lambda *a: order.append("topics") or real(*a))
+    real = local_node.publish_outputs
+    monkeypatch.setattr(local_node, "publish_outputs", lambda *a: order.append("topics") or real(*a))
     req = Request(Query(id="first", text="Where is the cup?"), "test", lambda result: order.append("caller"),
                   image=image_msg(sample_rgb(1), Header(frame_id="given")))
-    assert local_node._finish(req, local_node._answer(req)).status == S.OK
+    assert local_node.serving.finish(req, local_node.serving.answer(req)).status == S.OK
     assert order == ["caller", "topics"]
 
-    monkeypatch.setattr(local_node, "_publish_outputs", lambda *a: (_ for _ in ()).throw(RuntimeError("no topic")))
+    monkeypatch.setattr(local_node, "publish_outputs", lambda *a: (_ for _ in ()).throw(RuntimeError("no topic")))
     assert _ask(local_node, "topics fail").status == S.OK
 
     assert gc.get_freeze_count() > 0
