@@ -32,7 +32,10 @@ class LossConfig:
 
 @dataclass
 class SourceConfig:
-    """One data source of the mixture. kind: synthetic | muse | labelme | coco."""
+    """One data source of the mixture. kind: synthetic | randomized | negative | muse | labelme | coco.
+
+    randomized / negative (training/data/randomize.py): the synthetic objects over photographs and textures /
+    those backgrounds with no domain object; they take the synthetic fields below."""
 
     kind: str = "synthetic"
     ratio: float = 1.0
