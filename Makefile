@@ -20,6 +20,8 @@ STRESS_ARGS ?=
 test-stress: setup
 	$(PY) scripts/test_stress.py --rounds $(STRESS_ROUNDS) $(STRESS_ARGS)
 
+# Through `ros2 launch pixellm_ros demo.launch.py rviz:=false` where the launch system is installed (make setup puts it
+# into .venv from ../shared/vendor/ros2_launch_cli), else the same processes started by the script; DEMO_ARGS="--launch no".
 demo: setup
 	$(PY) -m pixellm_ros.demo $(DEMO_ARGS)
 

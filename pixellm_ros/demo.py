@@ -1,7 +1,12 @@
 """`make demo`: the ROS 2 pipeline end to end — the pixellm node, a demo camera and a demo planner.
 
-Starts three processes on this machine only (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random
-ROS_DOMAIN_ID, logs under OUT/ros_log and OUT/logs):
+Where the ROS 2 launch system is installed (a ROS install, or .venv after `make setup` with
+../shared/vendor/ros2_launch_cli) it runs, on this machine only (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a
+random ROS_DOMAIN_ID, logs under OUT/ros_log and OUT/logs):
+  ros2 launch pixellm_ros demo.launch.py rviz:=false model_path:=MODEL out:=OUT params_file:=... rate_hz:=...
+printing the planner's lines (answers, targets, latency; overlays in OUT/answer_<k>.png); the launch ends when
+the planner has asked its questions, and the demo exits with the planner's status. Otherwise (or --launch no)
+it starts the same three processes itself:
   python -m pixellm_ros.node --ros-args --params-file config/pixellm.yaml -p model_path:=MODEL -p autostart:=true
   python -m pixellm_ros.demo_camera     synthetic tabletop frames on /image (+ /camera_info)
   python -m pixellm_ros.demo_planner    asks the questions through /pixellm/segment, writes OUT/answer_<k>.png
@@ -17,9 +22,13 @@ import argparse
 import logging
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
+from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
@@ -30,6 +39,8 @@ PARAMS_FILE = ROOT / "config" / "pixellm.yaml"
 DEFAULT_MODEL = "models/pixellm_tabletop"
 NODE_MODULE = "pixellm_ros.node"
 SERVICE = "/pixellm/segment"
+PLANNER_LINE = re.compile(r"^\[demo_planner-\d+\] ?(.*)$")  # ros2 launch prefixes each output line with the process
+PLANNER_EXIT = re.compile(r"\[demo_planner-\d+\]: process has (?:finished cleanly|died \[pid \d+, exit code (-?\d+))")
 
 
 def yaml_model_path(params_file: Path) -> str:
@@ -71,6 +82,65 @@ def ros_env(out: Path) -> dict[str, str]:
     return env
 
 
+def launch_command(env: dict[str, str]) -> str | None:
+    """The `ros2` executable when `ros2 launch pixellm_ros` can run with `env` (updated: venv bin, ament prefix)."""
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (venv_bin, env.get("PATH", "")) if p)
+    if (Path(sys.prefix) / "share/ament_index/resource_index/packages/pixellm_ros").is_file():
+        env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (sys.prefix, env.get("AMENT_PREFIX_PATH", "")) if p)
+    launch = find_spec("launch")
+    if launch is None or launch.origin is None or find_spec("launch_ros") is None or find_spec("ros2launch") is None:
+        return None  # (a `launch` without origin is the repository's launch/ folder, not the package)
+    return shutil.which("ros2", path=env["PATH"])
+
+
+def run_launch(ros2: str, args: argparse.Namespace, model_path: str, max_new_tokens: int | None,
+               env: dict[str, str], out: Path) -> int:
+    """`ros2 launch pixellm_ros demo.launch.py rviz:=false ...`: print the planner's lines, log all; the planner's code."""
+    cmd = [ros2, "launch", "pixellm_ros", "demo.launch.py", "rviz:=false", f"model_path:={model_path}",
+           f"out:={out.resolve()}", f"rate_hz:={args.rate_hz}", f"params_file:={Path(args.params_file).resolve()}"]
+    if max_new_tokens:
+        cmd.append(f"max_new_tokens:={max_new_tokens}")
+    log.info("running %s", " ".join(cmd[1:]))
+    planner_code: list[int] = []
+    log_file = open(out / "logs" / "launch.log", "w")
+    # Own session: the terminal's Ctrl-C reaches this script, which stops the launch (SIGINT) below.
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+
+    def pump() -> None:
+        for line in proc.stdout:
+            log_file.write(line)
+            log_file.flush()
+            exited = PLANNER_EXIT.search(line)
+            if exited:
+                planner_code.append(int(exited.group(1) or 0))
+            elif (m := PLANNER_LINE.match(line.rstrip("\n"))):
+                print(m.group(1), flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    code = 1
+    try:
+        proc.wait(args.timeout)
+        reader.join(10.0)
+        code = planner_code[0] if planner_code else 1
+        if not planner_code:
+            log.error("ros2 launch exited with %s before the planner finished", proc.returncode)
+    except subprocess.TimeoutExpired:
+        log.error("the planner did not finish within %.0f s", args.timeout)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        stop(proc, "ros2 launch", timeout_s=30.0)
+        reader.join(10.0)
+        log_file.close()
+    if code != 0:
+        tail = (out / "logs" / "launch.log").read_text(errors="replace").splitlines()[-30:]
+        print("--- last lines of the launch log ---\n" + "\n".join(tail), file=sys.stderr)
+    return code
+
+
 def stop(proc: subprocess.Popen, name: str, timeout_s: float = 10.0) -> None:
     """SIGINT (a clean rclpy shutdown), then SIGTERM, then SIGKILL."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
@@ -92,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="longest answer (default: the YAML's; 32 with the random-weight model, which rambles)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
+    ap.add_argument("--launch", choices=("auto", "yes", "no"), default="auto",
+                    help="run through `ros2 launch` (auto: when the launch system is installed)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -103,6 +175,17 @@ def main(argv: list[str] | None = None) -> int:
                     "to end.\n%s", "!" * 100, args.params_file, "!" * 100)
     max_new_tokens = args.max_new_tokens or (32 if random_weights else None)
     env = ros_env(out)
+    ros2 = launch_command(env) if args.launch != "no" else None
+    if args.launch == "yes" and ros2 is None:
+        log.error("--launch yes, but `ros2 launch` is not available (launch, launch_ros, ros2launch, ros2)")
+        return 2
+    if ros2 is not None:
+        log.info("model %s, ROS_DOMAIN_ID %s, logs in %s/logs", model_path, env["ROS_DOMAIN_ID"], out)
+        code = run_launch(ros2, args, model_path, max_new_tokens, env, out)
+        print(f"demo {'finished' if code == 0 else f'FAILED (exit {code})'} (ros2 launch): overlays in "
+              f"{out.resolve()}/answer_*.png, launch log in {out.resolve()}/logs/launch.log"
+              + (" (RANDOM-weight model: answers are meaningless)" if random_weights else ""))
+        return code
     py = sys.executable
     commands = {
         "node": [py, "-m", NODE_MODULE, "--ros-args", "--params-file", str(args.params_file),

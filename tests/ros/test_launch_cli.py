@@ -339,3 +339,21 @@ def test_no_ros2_daemon_was_started(tools):
     if daemons:
         ros2(tools, "daemon", "stop", check=False)
     assert not daemons, f"ros2 daemon(s) {daemons} were started for ROS_DOMAIN_ID {domain}"
+
+
+def test_make_demo_runs_through_ros2_launch(tools, scripted_model, tmp_path):
+    """`make demo` (pixellm_ros.demo) with the launch tools: demo.launch.py rviz:=false, the planner's lines
+    printed, one overlay per question, the launch over when the planner is done."""
+    from pixellm_ros.demo_planner import QUESTIONS
+
+    out = tmp_path / "demo_out"
+    done = subprocess.run([sys.executable, "-m", "pixellm_ros.demo", "--launch", "yes", "--model", str(scripted_model),
+                           "--out", str(out), "--max-new-tokens", "16", "--timeout", str(4 * DEADLINE_S)],
+                          env=tools, cwd=ROOT, capture_output=True, text=True, timeout=5 * DEADLINE_S)
+    log = (out / "logs" / "launch.log").read_text(errors="replace") if (out / "logs" / "launch.log").exists() else ""
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n--- launch log ---\n{log}"
+    assert "demo.launch.py rviz:=false" in done.stderr and "(ros2 launch)" in done.stdout
+    assert f"summary: {len(QUESTIONS)}/{len(QUESTIONS)} answered" in done.stdout, done.stdout
+    assert sorted(p.name for p in out.glob("answer_*.png")) == [f"answer_{k}.png" for k in range(len(QUESTIONS))]
+    assert "[demo_planner-" not in done.stdout  # the launch prefixes are stripped: the same lines as without launch
+    assert re.search(r"\[pixellm_node-\d+\]: process has finished cleanly", log), log[-3000:]
