@@ -38,7 +38,7 @@ class Stats:
             unlogged, self._busy_unlogged = self._busy_unlogged, (self._busy_unlogged + 1 if quiet else 0)
             if busy and not quiet:
                 self._busy_logged_at = now_s
-            return quiet, (unlogged if busy else 0)
+            return quiet, (unlogged if busy and not quiet else 0)
 
     def snapshot(self) -> tuple[dict[str, int], list[float]]:
         """(answers by status, sorted latencies)."""

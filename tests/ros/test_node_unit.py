@@ -214,3 +214,29 @@ def test_the_caller_is_answered_before_the_topics_and_the_heap_is_frozen_only_wh
     assert gc.get_freeze_count() > 0
     local_node.trigger_deactivate()
     assert gc.get_freeze_count() == 0
+
+
+def test_busy_answers_are_logged_at_most_once_a_second_with_a_count():
+    from pixellm_ros.diagnostics import Stats
+
+    stats = Stats()
+    assert stats.record("BUSY", None, now_s=10.0) == (False, 0)  # logged
+    assert stats.record("BUSY", None, now_s=10.5) == (True, 0)  # quiet
+    assert stats.record("BUSY", None, now_s=10.9) == (True, 0)
+    assert stats.record("BUSY", None, now_s=11.1) == (False, 2)  # logged, with the 2 before it
+    assert stats.record("OK", 0.25, now_s=11.2) == (False, 0)
+    assert stats.snapshot() == ({"BUSY": 4, "OK": 1}, [0.25])
+
+
+def test_centroid_poses_and_pinhole_camera_info():
+    import math
+
+    from pixellm_ros.messages import centroids_msg, pinhole_info
+
+    poses = centroids_msg(Header(frame_id="cam"), [(1.0, 2.0, 3.0), None])
+    assert poses.header.frame_id == "cam" and len(poses.poses) == 2
+    assert (poses.poses[0].position.x, poses.poses[0].position.z, poses.poses[0].orientation.w) == (1.0, 3.0, 1.0)
+    assert math.isnan(poses.poses[1].position.x)  # no depth under that mask
+    info = pinhole_info(Header(frame_id="cam"), 480, 640, hfov_deg=90.0)
+    assert (info.width, info.height) == (640, 480) and info.k[0] == pytest.approx(320.0)
+    assert (info.k[2], info.k[5]) == (319.5, 239.5)
