@@ -7,17 +7,29 @@ Copies the final run's exported model (safetensors, own vision tower and tokeniz
 held-out evaluation (report + example grid), and writes MODEL_CARD.md: data, steps and time of every stage,
 the exact commands that reproduce it, and the held-out metrics. `--stages` lists the earlier runs in order;
 `RUN:STEP` marks a run whose checkpoint at STEP (not its end) was exported and trained on.
+
+    python -m training.model_card --previous-card models/pixellm_tabletop/MODEL_CARD.md --run runs/embedded/stage11 \
+        --eval runs/embedded/eval11_500 --ood runs/embedded/ood11 --ood-baseline runs/embedded/ood10 \
+        --notes NOTES.md --out models/pixellm_tabletop
+
+`--previous-card` continues the card of the model the run started from, when the earlier stages' run folders are
+gone: its stage rows, training time, reproduce commands and notes are kept and the run becomes the next stage.
+`--ood DIR` adds the out-of-domain table (`python -m training.evaluate --ood --out DIR`), with `--ood-baseline`
+(the model it started from) beside it.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .data.randomize import HELDOUT_PHOTOS
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 AIM_GIOU, AIM_COUNT = 0.75, 0.90
@@ -69,13 +81,59 @@ class Stage:
                 f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{reinit}; {self.minutes():.0f} min |\n")
 
 
+SOURCE_KINDS = {"synthetic": "synthetic", "randomized": "synthetic objects over photographs / textures (randomized)",
+                "negative": "photographs / textures without domain objects (negative)"}
+
+
 def _source_text(src: dict) -> str:
     mix = src.get("question_mix") or {}
     share = f"{src.get('ratio', 1.0):g} of the mix: " if src.get("ratio", 1.0) != 1.0 else ""
-    return (f"{share}synthetic seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
+    kind = SOURCE_KINDS.get(src.get("kind", "synthetic"), src.get("kind"))
+    return (f"{share}{kind} seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
             + (f", question mix {mix}" if mix else "")
             + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else "")
             + (f", {src['phrasing']} phrasings" if src.get("phrasing", "template") != "template" else ""))
+
+
+@dataclass
+class PreviousCard:
+    """What a shipped card says about the stages before this run (their run folders may be gone)."""
+
+    pre_row: str = ""
+    stage_rows: list[str] = field(default_factory=list)
+    minutes: float = 0.0
+    reproduce: list[str] = field(default_factory=list)
+    notes: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "PreviousCard":
+        lines = text.splitlines()
+        stage_rows = [ln + "\n" for ln in lines if re.match(r"^\| stage \d+ \|", ln)]
+        pre_row = "".join(ln + "\n" for ln in lines if ln.startswith("| vision pretraining |"))
+        time = re.search(r"^\| time \| (\d+(?:\.\d+)?) min", text, re.M)
+        block = re.search(r"## Reproduce\n\n```bash\n(.*?)\n```", text, re.S)
+        notes = text.split("\n## Notes\n\n", 1)
+        if not stage_rows or time is None or block is None:
+            raise ValueError("previous card: expected '| stage N |' rows, a '| time |' row and a Reproduce block")
+        return cls(pre_row, stage_rows, float(time.group(1)), block.group(1).splitlines(),
+                   notes[1].strip() if len(notes) == 2 else "")
+
+
+OOD_COLUMNS = (("answers", "answers", "{:d}"), ("no target", "no_target_fraction", "{:.2f}"),
+               ("ended by EOS", "eos_fraction", "{:.2f}"), ("cut by a guard", "guard_cut_fraction", "{:.2f}"),
+               ("bounded", "bounded_fraction", "{:.2f}"), ("mean tokens", "mean_tokens", "{:.1f}"),
+               ("mean targets", "mean_targets", "{:.2f}"), ("max targets", "max_targets", "{:d}"),
+               ("max chars", "max_chars", "{:d}"), ("max word run", "max_word_run", "{:d}"))
+OOD_SETTINGS = {"node_defaults": "node defaults (guards on)", "engine_defaults": "engine defaults (no guards)"}
+
+
+def ood_table(reports: dict[str, dict]) -> str:
+    """Markdown rows of `evaluate --ood` reports: {model label: report_ood.json}, one row per sampling setting."""
+    head = "| model | sampling | " + " | ".join(c for c, _, _ in OOD_COLUMNS) + " |\n"
+    head += "|---" * (len(OOD_COLUMNS) + 2) + "|\n"
+    rows = [f"| {label} | {OOD_SETTINGS.get(name, name)} | " + " | ".join(fmt.format(s[key]) for _, key, fmt in OOD_COLUMNS)
+            + " |\n" for label, report in reports.items() for name, s in report["settings"].items()]
+    return head + "".join(rows)
 
 
 def folder_mb(path: Path) -> float:
@@ -104,14 +162,19 @@ def reproduce(stages: list[Stage], final: Stage, eval_dir: Path, out: Path, ques
 
 def write_card(run: Path, eval_dir: Path, out: Path, preset: str = "embedded",
                hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "",
-               stages: list[str] | None = None) -> Path:
+               stages: list[str] | None = None, previous_card: Path | None = None, ood: Path | None = None,
+               ood_baseline: Path | None = None) -> Path:
     final = Stage.parse(str(run))
     earlier = [Stage.parse(s) for s in stages or []]
+    prev = PreviousCard.parse(previous_card.read_text()) if previous_card else None  # read before `out` goes
+    ood_reports = {label: json.loads((d / "report_ood.json").read_text())
+                   for label, d in (("before (the base model)", ood_baseline), ("this model", ood)) if d}
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run / "model", out)
     for src, name in ((run / "metrics.png", "training_curves.png"), (eval_dir / "examples.png", "heldout_examples.png"),
-                      (eval_dir / "report.json", "heldout_report.json")):
+                      (eval_dir / "report.json", "heldout_report.json"),
+                      *(((ood / "report_ood.json", "ood_report.json"),) if ood else ())):
         if src.is_file():
             shutil.copy(src, out / name)
     report = json.loads((eval_dir / "report.json").read_text())
@@ -127,8 +190,32 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str = "embedded",
     pre_row = (f"| vision pretraining | `training.pretrain_vision`: {pre['steps']} steps x batch {pre['batch_size']} "
                f"synthetic scenes (seed 0), per-patch kind+color labels, {pre['seconds']:.0f} s on one H100; "
                f"object-patch accuracy {pre['final_object_patch_accuracy']:.2f}; then frozen |\n" if pre else "")
-    stage_rows = "".join(s.row(k) for k, s in enumerate(earlier + [final], start=1))
-    total = sum(s.minutes() for s in earlier + [final])
+    first = len(prev.stage_rows) + 1 if prev else 1
+    stage_rows = "".join(prev.stage_rows if prev else []) + "".join(
+        s.row(k) for k, s in enumerate(earlier + [final], start=first))
+    pre_row = pre_row or (prev.pre_row if prev else "")
+    total = sum(s.minutes() for s in earlier + [final]) + (prev.minutes if prev else 0.0)
+    commands = reproduce(earlier, final, eval_dir, out, report['questions'], pre, preset).splitlines()
+    if prev:  # the earlier commands ship the base model; this run's follow
+        commands = [ln for ln in commands if not ln.startswith(("python -m training.init_model",
+                                                                  "python -m training.pretrain_vision"))]
+        commands[-1] = commands[-1].replace("--stages  --run", "--run").replace(
+            "--run", f"--previous-card {out}/MODEL_CARD.md --run", 1)
+    if ood:
+        commands[-1:] = [f"python -m training.evaluate --model {final.run}/model --ood --out {ood}",
+                         commands[-1].replace(f" --out {out}", f" --ood {ood} --out {out}")]
+    commands = "\n".join((prev.reproduce if prev else []) + commands)
+    ood_section = "" if not ood_reports else f"""
+## Out-of-domain answers (`python -m training.evaluate --ood`)
+
+{next(iter(ood_reports.values()))['questions']} questions (referring to an absent object, affordance, colour; varied phrasings) on
+{next(iter(ood_reports.values()))['images']} images that hold no domain object and were never trained on: scikit-image photographs held out of
+training (`randomize.HELDOUT_PHOTOS`: {', '.join(HELDOUT_PHOTOS)}), procedural kinds training never draws
+(two coloured rectangles on black, waves, scribbles) and the training texture kinds at an unused seed. The right
+answer is always "There is no such object in the image."; "bounded": at most 8 targets, 300 characters and no word
+5 times in a row; "cut by a guard": stopped by `max_targets` or the repetition stop.
+
+{ood_table(ood_reports)}"""
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -145,7 +232,7 @@ fine-tune on your own data.
 | LLM | {params['num_hidden_layers']} layers, hidden {params['hidden_size']}, {params['num_attention_heads']} heads, vocab {params['vocab_size']} (own SentencePiece BPE) |
 | vision tower | `vision_tower/` (CLIP ViT, patch 14), run at {params['resize_vision_tower_size']} px |
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
-{pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen; AdamW, warm-up then linear decay; batches of fresh synthetic scenes (each sample seen once) |
+{pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen; AdamW, warm-up then linear decay; batches of fresh samples (each seen once) |
 | time | {total:.0f} min of training on {hardware} (from the runs' metrics.csv) |
 | final training loss | {last.get('loss', '?')} (CE {last.get('ce', '?')}, BCE {last.get('bce', '?')}, DICE {last.get('dice', '?')}) |
 
@@ -157,16 +244,17 @@ fine-tune on your own data.
 
 Aim set for this model: gIoU >= {AIM_GIOU} and target count >= {AIM_COUNT}: {verdict}
 `heldout_examples.png`: predicted (left) vs true (right) masks; `training_curves.png`: the last stage's loss curves.
-
+{ood_section}
 ## Reproduce
 
 ```bash
-{reproduce(earlier, final, eval_dir, out, report['questions'], pre, preset)}
+{commands}
 ```
 (`--resume` continues an interrupted run on the same curve.)
 """
+    notes = "\n\n".join(n for n in ((prev.notes if prev else ""), notes.strip()) if n)
     if notes:
-        card += "\n## Notes\n\n" + notes.strip() + "\n"
+        card += "\n## Notes\n\n" + notes + "\n"
     (out / "MODEL_CARD.md").write_text(card)
     return out
 
@@ -180,9 +268,13 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="embedded")
     ap.add_argument("--hardware", default="2 CPU cores (shared with other work), no GPU")
     ap.add_argument("--notes", type=Path, help="markdown file appended as the card's Notes section")
+    ap.add_argument("--previous-card", type=Path, help="the base model's MODEL_CARD.md: continue its stages")
+    ap.add_argument("--ood", type=Path, help="folder of `training.evaluate --ood` on this model")
+    ap.add_argument("--ood-baseline", type=Path, help="folder of `training.evaluate --ood` on the base model")
     args = ap.parse_args(argv)
     print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.hardware,
-                     args.notes.read_text() if args.notes else "", args.stages))
+                     args.notes.read_text() if args.notes else "", args.stages, args.previous_card, args.ood,
+                     args.ood_baseline))
     return 0
 
 

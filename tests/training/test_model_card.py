@@ -42,3 +42,41 @@ def test_card_names_each_stage_and_how_to_rebuild_it(tmp_path):
     assert f"--checkpoint {first}/checkpoints/step_0000050 --out {first}_step50" in card
     assert card.count("python -m training.train ") == 3 and f"--stages {first}:50 {tmp_path / 's2'}" in card
     assert (out / "heldout_report.json").is_file() and (out / "config.json").is_file()
+
+
+def _ood(folder, no_target):
+    summary = {"answers": 4, "no_target_fraction": no_target, "eos_fraction": 0.5, "guard_cut_fraction": 0.25,
+               "bounded_fraction": 1.0, "mean_tokens": 12.5, "mean_targets": 0.25, "max_targets": 1, "max_chars": 80,
+               "max_word_run": 2}
+    folder.mkdir()
+    (folder / "report_ood.json").write_text(json.dumps({"images": 2, "questions": 4, "settings": {
+        "node_defaults": summary, "engine_defaults": {**summary, "guard_cut_fraction": 0.0}}}))
+    return folder
+
+
+def test_a_further_stage_continues_the_shipped_card_when_the_old_runs_are_gone(tmp_path):
+    first = _run(tmp_path, "s1", tmp_path / "init", 60)
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "report.json").write_text(json.dumps({"questions": 10, "gIoU": 0.8, "cIoU": 0.8,
+                                                         "target_count_accuracy": 0.95}))
+    shipped = tmp_path / "shipped"
+    write_card(first, evaluation, shipped, notes="Stage 1 learned the domain.")
+    (tmp_path / "s1").rename(tmp_path / "gone")
+    more = _run(tmp_path, "s2", shipped, 120, data={"sources": [
+        {"kind": "synthetic", "seed": 3, "ratio": 0.5}, {"kind": "negative", "seed": 4, "ratio": 0.5}]})
+    out = write_card(more, evaluation, shipped, notes="Stage 2 learned what it does not know.",
+                     previous_card=shipped / "MODEL_CARD.md", ood=_ood(tmp_path / "ood2", 0.75),
+                     ood_baseline=_ood(tmp_path / "ood1", 0.25))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.count("| stage 1 | `") == 1 and "| stage 2 | `" in card and "| stage 3 |" not in card
+    assert "0.5 of the mix: photographs / textures without domain objects (negative) seed 4" in card
+    assert "| time | 3 min of training" in card  # 60 + 120 steps of batch 8 at 8 samples/s: 1 + 2 min
+    assert card.index(f"python -m training.train {first}") < card.index(f"python -m training.train {more}")
+    assert f"--eval {evaluation} --out {shipped}\npython -m training.train {more}" in card  # base shipped first
+    assert f"python -m training.evaluate --model {more}/model --ood --out {tmp_path / 'ood2'}" in card
+    assert f"--previous-card {shipped}/MODEL_CARD.md --run {more} --eval {evaluation} --ood {tmp_path / 'ood2'}" in card
+    assert "| before (the base model) | node defaults (guards on) | 4 | 0.25 |" in card
+    assert "| this model | engine defaults (no guards) | 4 | 0.75 | 0.50 | 0.00 |" in card
+    assert card.index("Stage 1 learned") < card.index("Stage 2 learned") and card.count("## Notes") == 1
+    assert (out / "ood_report.json").is_file()
