@@ -102,11 +102,12 @@ class Background:
     args: list[str]
     env: dict[str, str]
     log_path: Path
+    cwd: Path = ROOT
     proc: subprocess.Popen = field(init=False)
 
     def __post_init__(self) -> None:
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(["ros2", *self.args], env=self.env, cwd=ROOT, stdout=self._log,
+        self.proc = subprocess.Popen(["ros2", *self.args], env=self.env, cwd=self.cwd, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
