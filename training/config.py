@@ -19,6 +19,32 @@ class LoraConfig:
     target_modules: str = r"model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
 
+# Modules whose layers gradient checkpointing can recompute (see modeling.enable_gradient_checkpointing).
+CHECKPOINTABLE = ("llm", "vision_tower")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+TOKEN_ROWS = ("all", "new")
+# "auto" checkpoints LLMs at least this wide (7B-class, where per-layer activations are GiBs); below it the
+# recompute costs ~1/3 more time for memory a small model does not need.
+AUTO_CHECKPOINT_MIN_HIDDEN = 2048
+
+
+@dataclass
+class ModelConfig:
+    """How the base model is held while training (QLoRA, precision, gradient checkpointing)."""
+
+    quantization: str = "none"  # "none", "8bit", "4bit" (pixellm_ros.model.quantize.MODES): the LLM's decoder linears
+    dtype: str = "float32"  # the frozen base weights (and the quantized layers' compute dtype)
+    # dtype of what trains (LoRA, lm_head, embed_tokens, projectors, text_hidden_fcs, mask decoder): full precision
+    # master weights even on a bf16 / quantized base, as QLoRA's k-bit preparation does.
+    trainable_dtype: str = "float32"
+    # Rows of lm_head / embed_tokens that train: "all" (the release) or "new" (only the added tokens: the codebook
+    # [SEG] tokens, <im_start>, <im_end>), which keeps the gradients and AdamW state of two vocab x hidden matrices
+    # (4.2 GB in float32 at 7B) off a 16 GB board; the other rows stay frozen in the base dtype.
+    token_rows: str = "all"
+    gradient_checkpointing: bool | str = "auto"  # true / false / "auto" (AUTO_CHECKPOINT_MIN_HIDDEN)
+    checkpoint_modules: list[str] = field(default_factory=lambda: ["llm"])  # of CHECKPOINTABLE
+
+
 @dataclass
 class LossConfig:
     ce_weight: float = 1.0
@@ -82,6 +108,7 @@ class TrainConfig:
     # Modules drawn afresh (seeded) before training, e.g. a pixel decoder that learned to ignore its prompts
     # while they were still uninformative (see training/configs/embedded_default.yaml).
     reinit_modules: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -104,6 +131,46 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self, distributed: str = "NO", zero_stage: int | None = None) -> None:
+        """Refuse, before any weight is read, a configuration that cannot train; each message says what to do.
+        `distributed`: accelerate's distributed_type name (NO, MULTI_GPU, MULTI_CPU, DEEPSPEED, FSDP)."""
+        from pixellm_ros.model.quantize import MODES
+        m, problems = self.model, []
+        if m.quantization not in MODES:
+            problems.append(f"model.quantization must be one of {list(MODES)}, not {m.quantization!r}")
+        for key in ("dtype", "trainable_dtype"):
+            if getattr(m, key) not in DTYPE_NAMES:
+                problems.append(f"model.{key} must be one of {list(DTYPE_NAMES)}, not {getattr(m, key)!r}")
+        if m.token_rows not in TOKEN_ROWS:
+            problems.append(f"model.token_rows must be one of {list(TOKEN_ROWS)}, not {m.token_rows!r}")
+        if m.gradient_checkpointing not in (True, False, "auto"):
+            problems.append(f"model.gradient_checkpointing must be true, false or auto, not {m.gradient_checkpointing!r}")
+        for name in m.checkpoint_modules:
+            if name not in CHECKPOINTABLE:
+                problems.append(f"model.checkpoint_modules: {name!r} has no checkpointable layers; "
+                                f"choose from {list(CHECKPOINTABLE)}")
+        if "vision_tower" in m.checkpoint_modules and m.gradient_checkpointing and not self.train_vision_tower:
+            problems.append("model.checkpoint_modules names vision_tower, but it is frozen (train_vision_tower: false) "
+                            "and keeps no activations for backward: remove it, or set train_vision_tower: true")
+        if m.quantization != "none":
+            if "all" in self.trainable:
+                problems.append(f"model.quantization {m.quantization!r} freezes the LLM's quantized linears, but "
+                                f"trainable is 'all': list the fully trained modules (the default list) and train "
+                                f"the LLM through LoRA, or set quantization: none")
+            if distributed == "FSDP":
+                problems.append(f"model.quantization {m.quantization!r} cannot be sharded by FSDP here (bitsandbytes "
+                                f"weights are not flat-parameter shardable in this trainer): use DDP "
+                                f"(training/accelerate/ddp_gpu.yaml) or DeepSpeed ZeRO-2 "
+                                f"(training/accelerate/deepspeed_zero2.yaml), or quantization: none with FSDP")
+            if distributed == "DEEPSPEED" and (zero_stage or 0) >= 3:
+                problems.append(f"model.quantization {m.quantization!r} cannot be partitioned by DeepSpeed ZeRO-3: "
+                                f"use ZeRO-2 (training/accelerate/deepspeed_zero2.yaml) or quantization: none")
+        if m.dtype != "float32" and self.mixed_precision == "no":
+            problems.append(f"model.dtype {m.dtype!r} needs mixed_precision 'bf16' or 'fp16' (autocast runs the "
+                            f"float32 trained parts with the {m.dtype} base); set mixed_precision, or dtype float32")
+        if problems:
+            raise ValueError("training config refused:\n  - " + "\n  - ".join(problems))
+
 
 def _build(cls, raw: dict[str, Any]):
     """Nested dataclass from a dict; unknown keys are errors (a typo must not silently train)."""
@@ -113,7 +180,7 @@ def _build(cls, raw: dict[str, Any]):
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
     kwargs = {}
     for name, value in raw.items():
-        sub = {TrainConfig: {"lora": LoraConfig, "loss": LossConfig, "data": DataConfig},
+        sub = {TrainConfig: {"model": ModelConfig, "lora": LoraConfig, "loss": LossConfig, "data": DataConfig},
                DataConfig: {}}.get(cls, {}).get(name)
         if sub is not None and isinstance(value, dict):
             value = _build(sub, value)

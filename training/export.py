@@ -11,15 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from pixellm_ros.model import load_pixellm, save_pixellm
 from pixellm_ros.model.adapters import apply_adapter, lora_layers, save_adapter
 
 from .config import TrainConfig
-from .modeling import merge_lora
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .modeling import DTYPES, fold_token_rows, merge_lora
 
 
 def saved_modules(cfg: TrainConfig) -> list[str]:
@@ -27,14 +24,19 @@ def saved_modules(cfg: TrainConfig) -> list[str]:
 
 
 def export_run(training_model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
-    """Called at the end of training. Writes out/adapter (LoRA runs) and out/model (merged)."""
+    """Called at the end of training. Writes out/adapter (LoRA runs) and out/model (merged). A run on a
+    quantized base writes only the adapter: merging into 4/8-bit weights would round the update away;
+    `python -m training.export --base FULL_PRECISION_BASE --adapter out/adapter` merges it."""
     model = training_model.pixellm
     model.attach_vision_tower(training_model.vision_tower)
+    fold_token_rows(model)
     written = {}
     if lora_layers(model):
         save_adapter(model, out / "adapter", saved_modules(cfg), {"r": cfg.lora.r, "alpha": cfg.lora.alpha,
                      "dropout": cfg.lora.dropout}, base_model=str(cfg.base_model))
         written["adapter"] = str(out / "adapter")
+        if cfg.model.quantization != "none":
+            return written
         merge_lora(model)
     model = model.to(DTYPES[cfg.export_dtype])
     save_pixellm(model.eval(), tokenizer, out / "model")

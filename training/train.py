@@ -32,7 +32,8 @@ from pixellm_ros.model import load_pixellm
 
 from .config import TrainConfig
 from .data.dataset import IndexedBatches, MixtureStream
-from .modeling import TrainingModel, add_lora, combine_losses, select_trainable
+from .modeling import (DTYPES, TrainingModel, add_lora, cast_trainable, checkpointing_wanted, combine_losses,
+                       enable_gradient_checkpointing, select_trainable, train_new_token_rows)
 
 log = logging.getLogger("training")
 METRIC_KEYS = ("loss", "ce", "bce", "dice", "overlap", "naming")
@@ -110,7 +111,13 @@ def plot_metrics(csv_path: Path, png_path: Path) -> None:
 
 
 def build(cfg: TrainConfig, device):
-    model, tokenizer = load_pixellm(cfg.base_model, cfg.vision_tower, device="cpu", dtype=torch.float32)
+    """The model to train: base (optionally quantized: QLoRA) + LoRA, trained parts in full precision,
+    gradient checkpointing as configured. A quantized base is built on its device (bitsandbytes quantizes
+    as it places a weight); a full-precision one on the CPU, which accelerate then moves."""
+    mc = cfg.model
+    quantized = mc.quantization != "none"
+    model, tokenizer = load_pixellm(cfg.base_model, cfg.vision_tower, device=device if quantized else "cpu",
+                                    dtype=DTYPES[mc.dtype], quantization=mc.quantization)
     if cfg.reinit_modules:
         from pixellm_ros.model.factory import init_weights
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -119,7 +126,17 @@ def build(cfg: TrainConfig, device):
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     tm = TrainingModel(model, cfg.loss)
+    if mc.token_rows == "new":
+        train_new_token_rows(model, min(tokenizer.added_tokens.values()), DTYPES[mc.trainable_dtype])
     names = select_trainable(tm, cfg)
+    if mc.token_rows == "new":
+        for module in (model.model.embed_tokens, model.lm_head):
+            module.weight.requires_grad_(False)
+        names = [n for n in names if n not in ("model.embed_tokens.weight", "lm_head.weight")]
+    cast_trainable(tm, DTYPES[mc.trainable_dtype])
+    if checkpointing_wanted(mc, model.config.hidden_size):
+        n = enable_gradient_checkpointing(tm, mc.checkpoint_modules)
+        log.info("gradient checkpointing: %d layers of %s", n, ", ".join(mc.checkpoint_modules))
     return tm.train(), tokenizer, names
 
 
@@ -132,6 +149,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # A process whose batch names no target leaves the decoder without gradients; DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, kwargs_handlers=[ddp])
+    plugin = accelerator.state.deepspeed_plugin
+    cfg.check(accelerator.distributed_type.name, plugin.zero_stage if plugin is not None else None)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -147,12 +166,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     # The scheduler stays unprepared (accelerate's wrapper steps it once per process, and our steps are
     # global) and unregistered (its state goes to trainer_state.json, see save_checkpoint).
     model, optimizer = accelerator.prepare(model, optimizer)
+    trained_only = cfg.model.quantization != "none"
+    if trained_only:
+        accelerator.register_save_state_pre_hook(_only_trained_weights(model))
     start_step, position = 0, 0
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint in %s, starting from step 0", out)
     if ckpt is not None:
-        accelerator.load_state(str(ckpt))
+        if trained_only:
+            _check_trained_weights(model, ckpt)
+            accelerator.load_state(str(ckpt), strict=False)  # the frozen quantized base came from base_model
+        else:
+            accelerator.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer_state.json").read_text())
         start_step, position = state["step"], state["position"]
         if state.get("scheduler"):
@@ -216,6 +242,34 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         from .export import export_run
         result.update(export_run(accelerator.unwrap_model(model), tokenizer, cfg, out))
     return result
+
+
+def _trained_names(model) -> set[str]:
+    return {n for n, p in getattr(model, "module", model).named_parameters() if p.requires_grad}
+
+
+def _only_trained_weights(model):
+    """save_state pre-hook for runs on a quantized base: a checkpoint keeps what trains; the frozen base is read
+    from base_model again on resume (its 4/8-bit tensors would not load back into the layers, and at 7B they
+    would add 3.5 GB to every checkpoint)."""
+    names = _trained_names(model)
+
+    def hook(models, weights, output_dir) -> None:
+        for state in weights:
+            for key in [k for k in state if k.removeprefix("module.") not in names]:
+                del state[key]
+    return hook
+
+
+def _check_trained_weights(model, ckpt: Path) -> None:
+    """The non-strict load of a trained-only checkpoint must still find every trained tensor."""
+    from safetensors import safe_open
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        keys = {k.removeprefix("module.") for k in f.keys()}
+    missing = _trained_names(model) - keys
+    if missing:
+        raise RuntimeError(f"{ckpt} lacks {len(missing)} trained tensors ({sorted(missing)[:3]} ...): it was "
+                           f"written by another configuration; start a new output_dir")
 
 
 def model_config(model):
