@@ -160,3 +160,11 @@ def test_qlora_4bit_trains_resumes_exports_and_the_engine_loads_it(base_model, t
         engine.unload_adapter()
         assert not lora_layers(engine.model)
         engine.close()
+
+
+def test_onboard_recipe_is_a_valid_4bit_checkpointed_config():
+    cfg = TrainConfig.from_yaml(Path(__file__).parents[2] / "training" / "configs" / "onboard_7b_qlora.yaml")
+    cfg.check()
+    cfg.check("DEEPSPEED", 2)
+    assert (cfg.model.quantization, cfg.model.gradient_checkpointing, cfg.batch_size) == ("4bit", True, 1)
+    assert cfg.grad_accum > 1 and cfg.mixed_precision in ("bf16", "fp16") and cfg.lora.r == 8
