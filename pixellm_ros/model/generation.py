@@ -312,7 +312,8 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
 
 def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
                      prefix: ImagePrefix, tail: list[int], sampling: SamplingConfig, cancel: threading.Event | None,
-                     decoder: CompiledDecoder, draft: list[int]) -> Generator[TextEvent | TargetEvent, None, Generation]:
+                     decoder: CompiledDecoder,
+                     draft: list[int]) -> Generator[TextEvent | TargetEvent, None, Generation]:
     """`stream` with the decode step of `decoder`. The question is prefilled eagerly into the decoder's
     cache; the token id is the only host sync per token. On CUDA the next step is launched before this
     token's events (and a mask it completes) are handled, so the GPU never waits for them."""

@@ -59,8 +59,8 @@ def draft_cases(ref_ids: list[int], seg_ids: list[int], vocab: int) -> dict[str,
     """case -> (draft, tokens a draft of this kind must have accepted)."""
     n = len(ref_ids)
     seg_at = [i for i, t in enumerate(ref_ids) if t in seg_ids]
-    cases = {"first": (changed(ref_ids, 0, seg_ids, vocab), 0), "middle": (changed(ref_ids, n // 2, seg_ids, vocab), n // 2),
-             "full": (ref_ids, n), "after_eos": (ref_ids + ref_ids[:3], n), "prefix": (ref_ids[: n // 3], n // 3)}
+    cases = {"first": (changed(ref_ids, 0, seg_ids, vocab), 0),
+             "middle": (changed(ref_ids, n // 2, seg_ids, vocab), n // 2), "full": (ref_ids, n), "after_eos": (ref_ids + ref_ids[:3], n), "prefix": (ref_ids[: n // 3], n // 3)}
     if seg_at:
         cases["codebook"] = (changed(ref_ids, seg_at[len(seg_at) // 2], seg_ids, vocab), seg_at[len(seg_at) // 2])
     return cases
@@ -94,8 +94,8 @@ def test_compiled_decoder_with_drafts(taught):
     decoder = CompiledDecoder(taught.model, backend="eager")  # the static-shape step, traced but not inductor-built
     accepted = check_drafts(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE, decoder=decoder)
     ref = generate(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE)  # eager, no draft
-    got = generate(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE, decoder=decoder,
-                   draft=draft_cases(ref.token_ids, taught.tok.seg_token_ids, taught.model.config.vocab_size)["middle"][0])
+    middle = draft_cases(ref.token_ids, taught.tok.seg_token_ids, taught.model.config.vocab_size)["middle"][0]
+    got = generate(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE, decoder=decoder, draft=middle)
     assert_same(ref, got)
     assert decoder.fallback_reason is None and accepted["codebook"] > 0
 
@@ -107,7 +107,8 @@ def test_guards_stop_at_the_same_token(taught):
                      SamplingConfig(max_new_tokens=len(full) - 1)):
         ref = generate(t.model, t.tok, t.feats, t.prefix, Q_THREE, sampling)
         assert ref.stop_reason in ("max_targets", "max_new_tokens")
-        for draft in (full, full[:3], changed(full, len(ref.token_ids) - 1, t.tok.seg_token_ids, t.model.config.vocab_size)):
+        last_changed = changed(full, len(ref.token_ids) - 1, t.tok.seg_token_ids, t.model.config.vocab_size)
+        for draft in (full, full[:3], last_changed):
             got = generate(t.model, t.tok, t.feats, t.prefix, Q_THREE, sampling, draft=draft)
             assert_same(ref, got)
         assert got.draft_tokens <= sampling.max_new_tokens
