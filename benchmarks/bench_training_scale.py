@@ -209,11 +209,14 @@ def extrapolate(rows: list[dict], size: str, full_layers: int) -> list[dict]:
         def at(key, a=a, b=b):
             va, vb = (min(a[key]) if key == "step_s" else a[key]), (min(b[key]) if key == "step_s" else b[key])
             return va + (vb - va) * (full_layers - a["layers"]) / (b["layers"] - a["layers"])
-        step = at("step_s")
-        out.append({"size": size, "layers": full_layers, "recipe": recipe, "device": a["device"],
-                    **RECIPES[recipe], "token_rows": token_rows, "extrapolated": True, "from_layers": [a["layers"], b["layers"]],
-                    "peak_rss_bytes": int(at("peak_rss_bytes")), "step_s": [step], "samples_per_s": 1.0 / step,
-                    "load_avg": [a.get("load_avg"), b.get("load_avg")]})
+        row = {"size": size, "layers": full_layers, "recipe": recipe, "device": a["device"], **RECIPES[recipe],
+               "token_rows": token_rows, "extrapolated": True, "from_layers": [a["layers"], b["layers"]],
+               "peak_rss_bytes": int(at("peak_rss_bytes")), "load_avg": [a.get("load_avg"), b.get("load_avg")]}
+        if min(b["step_s"]) > min(a["step_s"]):  # on a loaded machine the few-layer times may not order at all
+            row.update(step_s=[at("step_s")], samples_per_s=1.0 / at("step_s"))
+        else:
+            row["step_s_note"] = "not extrapolated: the few-layer step times did not grow with the layers (load)"
+        out.append(row)
     return out
 
 
