@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -30,6 +31,7 @@ OK = SegmentationResult.OK
 POLICY_NAMES = {Query.FRAME_LATEST: "latest", Query.FRAME_NEXT: "next", Query.FRAME_STAMP: "stamp"}
 GUARD_STOPS = ("max_new_tokens", "max_targets", "repetition")  # Generation.stop_reason values logged at warn
 NEXT_FRAME_SLICE_S = 0.05  # a FRAME_NEXT wait looks at the queue this often, to let other requests go first
+DRAFT_KEYS = 32  # previous answers kept as drafts (LRU): a few standing queries and repeated questions per camera
 
 
 class Host(Protocol):
@@ -95,6 +97,43 @@ class AdapterRequest:
     done: Callable[[LoadAdapter.Response], None]
 
 
+class Drafts:
+    """The last OK answer's token ids per (camera, question text, adapter id), kept for `max_age_s` as the draft of
+    the next answer to the same question (engine.stream(draft=...), model/drafts.py): the answer is the same as
+    without it, usually for one pass instead of one decode step per token. Bounded: DRAFT_KEYS keys (LRU), token
+    ids only (no masks). Thread-safe (the worker writes, anyone may clear)."""
+
+    def __init__(self, max_age_s: float, max_keys: int = DRAFT_KEYS) -> None:
+        self.max_age_s, self.max_keys = max_age_s, max_keys
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, tuple[int, ...]]] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str], now_s: float) -> tuple[int, ...] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if now_s - entry[0] > self.max_age_s:  # too old: the scene has likely changed, a pass may be wasted
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[str, str, str], token_ids: list[int], now_s: float) -> None:
+        with self._lock:
+            self._entries[key] = (now_s, tuple(token_ids))
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_keys:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Answering:
     """The question-to-result path; serving.Serving adds the queue and the worker around it."""
 
@@ -103,6 +142,7 @@ class Answering:
         self.cfg: NodeConfig | None = None  # set at configure
         self.cameras: CameraSet | None = None
         self.engine: Engine | None = None  # set while active
+        self.drafts: Drafts | None = None  # set at start when draft_reuse is on; cleared when the weights change
         self._stop = threading.Event()
 
     def others_waiting(self, req: Request) -> bool:
@@ -135,14 +175,19 @@ class Answering:
             return result
         except Exception as exc:
             return self._model_error(result, exc)
+        # Drafts only for camera frames (a caller's own image has no camera to be "the same" as).
+        draft_key = ((camera, req.query.text.strip(), self.engine.adapter_id)
+                     if self.drafts is not None and camera else None)
+        draft = self.drafts.get(draft_key, time.monotonic()) if draft_key else None
         try:
-            answer, targets = self._generate(req, header)
+            answer, targets = self._generate(req, header, draft)
         except Exception as exc:
             return self._model_error(result, exc)
         result.inference_time = Duration(seconds=time.perf_counter() - t0).to_msg()
         result.answer, result.targets = answer.answer, targets
         result.incomplete_codebook_tokens = answer.incomplete_codebook_tokens
         result.adapter_id = self.engine.adapter_id
+        result.draft_tokens, result.accepted_draft_tokens = answer.draft_tokens, answer.accepted_draft_tokens
         result.stop_reason = "canceled" if answer.stop_reason == "cancelled" else answer.stop_reason
         if answer.stop_reason in GUARD_STOPS:
             self.host.get_logger().warning(f"{req.source} query {req.query.id!r}: answer cut by {answer.stop_reason} "
@@ -151,6 +196,8 @@ class Answering:
             result.status = SegmentationResult.CANCELED
             result.status_message = f"canceled by the client after {len(answer.token_ids)} tokens"
             return result
+        if draft_key:  # only OK answers become drafts (a canceled one returned above)
+            self.drafts.put(draft_key, answer.token_ids, time.monotonic())
         req.outputs = (rgb, answer)  # published by `finish`, once the caller has the result
         return result
 
@@ -208,11 +255,12 @@ class Answering:
         except ImageConversionError as exc:
             raise Refused(SegmentationResult.INVALID_IMAGE, str(exc)) from None
 
-    def _generate(self, req: Request, header: Header) -> tuple[Result, list[TargetMask]]:
+    def _generate(self, req: Request, header: Header, draft: tuple[int, ...] | None = None
+                  ) -> tuple[Result, list[TargetMask]]:
         """Run the engine, streaming feedback to an action goal; returns (engine result, target messages)."""
         targets: list[TargetMask] = []
         text = ""
-        gen = self.engine.stream(req.query.text, cancel=req.cancel)
+        gen = self.engine.stream(req.query.text, cancel=req.cancel, draft=draft)
         while True:
             try:
                 event = next(gen)

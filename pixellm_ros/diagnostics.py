@@ -24,6 +24,8 @@ class Stats:
         self.statuses: Counter[str] = Counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._busy_logged_at, self._busy_unlogged = float("-inf"), 0
+        # Answers given with a previous answer as their draft (draft_reuse), draft tokens verified / accepted.
+        self.draft_answers = self.draft_tokens = self.draft_tokens_accepted = 0
 
     def record(self, status: str, latency_s: float | None, now_s: float) -> tuple[bool, int]:
         """Count one answer. Returns (quiet, busy_unlogged): quiet = a BUSY answer within BUSY_LOG_PERIOD_S of the
@@ -40,6 +42,18 @@ class Stats:
                 self._busy_logged_at = now_s
             return quiet, (unlogged if busy and not quiet else 0)
 
+    def record_draft(self, verified: int, accepted: int) -> None:
+        """Count one answer that had a draft: `verified` draft tokens checked, `accepted` of them kept."""
+        with self._lock:
+            self.draft_answers += 1
+            self.draft_tokens += verified
+            self.draft_tokens_accepted += accepted
+
+    def drafts(self) -> tuple[int, int, int]:
+        """(answers with a draft, draft tokens verified, draft tokens accepted)."""
+        with self._lock:
+            return self.draft_answers, self.draft_tokens, self.draft_tokens_accepted
+
     def snapshot(self) -> tuple[dict[str, int], list[float]]:
         """(answers by status, sorted latencies)."""
         with self._lock:
@@ -50,6 +64,7 @@ def diagnostic_values(stats: Stats, *, state: str, queue_depth: int, queue_size:
                       engine: Any) -> dict[str, str]:
     """The key/values of the node's DiagnosticStatus (README: /diagnostics)."""
     statuses, lat = stats.snapshot()
+    draft_answers, draft_tokens, draft_accepted = stats.drafts()
     pct = (lambda p: f"{lat[min(int(p * len(lat)), len(lat) - 1)]:.3f}") if lat else (lambda p: "")
     caches = [cameras.get(c) for c in cameras] if cameras else []
     return {
@@ -63,6 +78,8 @@ def diagnostic_values(stats: Stats, *, state: str, queue_depth: int, queue_size:
         "frames_received": str(sum(c.received for c in caches)),
         **{f"frames_received_{c}": str(cameras.get(c).received) for c in (cameras or [])},
         "latency_p50_s": pct(0.5), "latency_p95_s": pct(0.95),
+        "draft_answers": str(draft_answers), "draft_tokens": str(draft_tokens),
+        "draft_tokens_accepted": str(draft_accepted),
         "device_memory_bytes": str(engine.memory_bytes() if engine else 0),
         "model_id": engine.model_id if engine else "", "adapter_id": engine.adapter_id if engine else "",
         **{f"status_{k.lower()}": str(n) for k, n in sorted(statuses.items())},

@@ -36,6 +36,8 @@ class NodeConfig:
 
     queue_size: int
     max_standing_queries: int
+    draft_reuse: bool
+    draft_max_age_s: float
     frame_policy: str
     max_image_age_s: float
     next_frame_timeout_s: float
@@ -133,6 +135,7 @@ def configure(values: dict[str, Any], defaults: dict[str, Any] | None = None,
                  "next_frame_timeout_s", "max_targets", "repetition_ngram"):
         check(v[name] >= 0, f"{name} must be >= 0, got {v[name]}")
     check(v["repetition_count"] >= 2, f"repetition_count must be >= 2, got {v['repetition_count']}")
+    check(v["draft_max_age_s"] > 0, f"draft_max_age_s must be > 0, got {v['draft_max_age_s']}")
     check(v["diagnostics_period_s"] > 0, f"diagnostics_period_s must be > 0, got {v['diagnostics_period_s']}")
     check(v["frame_policy"] in FRAME_POLICIES, f"frame_policy must be one of {FRAME_POLICIES}, got {v['frame_policy']!r}")
     check(v["quantization"] in QUANTIZATIONS, f"quantization must be one of {QUANTIZATIONS}, got {v['quantization']!r}")

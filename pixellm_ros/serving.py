@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from .action import Ask
-from .answering import OK, POLICY_NAMES, AdapterRequest, Answering, Deferred, Host, Reply, Request
+from .answering import OK, POLICY_NAMES, AdapterRequest, Answering, Deferred, Drafts, Host, Reply, Request
 from .diagnostics import Stats
 from .engine import Engine
 from .frame_choice import newest_unseen
@@ -41,6 +41,8 @@ class Serving(Answering):
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self, engine: Engine) -> None:
         self.engine, self._queue = engine, queue.Queue(maxsize=self.cfg.queue_size)
+        # A fresh engine (activate after configure: maybe another model) starts with no drafts.
+        self.drafts = Drafts(self.cfg.draft_max_age_s) if self.cfg.draft_reuse else None
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="pixellm-worker", daemon=True)
         self._worker.start()
@@ -67,6 +69,7 @@ class Serving(Answering):
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        self.drafts = None
         return was_active
 
     def queue_depth(self) -> int:
@@ -168,6 +171,8 @@ class Serving(Answering):
         name = STATUS_NAMES.get(result.status, str(result.status))
         latency = (time.monotonic_ns() - req.received_ns) / 1e9 if result.status == OK else None
         quiet, busy_unlogged = self.stats.record(name, latency, time.monotonic())
+        if result.draft_tokens:
+            self.stats.record_draft(result.draft_tokens, result.accepted_draft_tokens)
         if result.status != OK and not quiet:
             more = (f" ({busy_unlogged} more BUSY answers before this one, not logged one by one)"
                     if busy_unlogged else "")
@@ -274,6 +279,8 @@ class Serving(Answering):
 
     def swap_adapter(self, item: AdapterRequest) -> LoadAdapter.Response:
         response, log = LoadAdapter.Response(), self.host.get_logger()
+        if self.drafts is not None:  # answers of the old weights (keys hold the adapter id too)
+            self.drafts.clear()
         try:
             if item.folder is None:
                 self.engine.unload_adapter()

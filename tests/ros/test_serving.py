@@ -1,6 +1,7 @@
 """Serving (pixellm_ros.serving) in this process, without a node or a ROS context: a fake host and a fake engine
 whose answers the test releases. The queue bound (BUSY), cancel, deactivation with requests queued, FRAME_NEXT
-letting the requests behind it go first, and the standing-query cadence."""
+letting the requests behind it go first, the standing-query cadence, and drafts (draft_reuse): which questions get
+the previous answer as their draft."""
 from __future__ import annotations
 
 import threading
@@ -18,7 +19,8 @@ from pixellm_ros.frame_cache import CameraSet, Frame
 from pixellm_ros.model import TextEvent
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.params import NodeConfig, load_defaults
-from pixellm_ros.serving import Reply, Request, Serving
+from pixellm_ros.answering import Drafts
+from pixellm_ros.serving import AdapterRequest, Reply, Request, Serving
 
 pytestmark = pytest.mark.ros
 OK, BUSY = SegmentationResult.OK, SegmentationResult.BUSY
@@ -78,18 +80,25 @@ class Engine:
         self.gate = threading.Semaphore(0) if hold else None
         self.started = threading.Semaphore(0)
         self.images: list[tuple[str | None, float]] = []
+        self.drafts: list[tuple[int, ...] | None] = []  # the draft each answer was given
         self.closed = False
 
     def set_image(self, rgb, key=None):
         self.images.append((key, time.monotonic()))
 
-    def stream(self, question, cancel=None):
+    def stream(self, question, cancel=None, draft=None):
+        self.drafts.append(draft)
         self.started.release()
         if self.gate is not None:
             self.gate.acquire(timeout=WAIT_S)
         yield TextEvent(1, "the cup", "the cup")
+        verified = len(draft) if draft else 0  # the real engine: draft kept as far as greedy decoding agrees
         return Result(question, "the cup", "the cup</s>", [1, 2], [], 0,
-                      "cancelled" if cancel is not None and cancel.is_set() else "eos", (4, 4), False, None)
+                      "cancelled" if cancel is not None and cancel.is_set() else "eos", (4, 4), False, None,
+                      verified, min(verified, 2))
+
+    def unload_adapter(self):
+        self.adapter_id = ""
 
     def close(self):
         self.closed = True
@@ -229,3 +238,87 @@ def test_standing_query_answers_new_frames_at_most_rate_hz():
     assert (gaps >= 1 / 20.0 - 0.005).all(), f"answers closer than 1/rate_hz: {gaps}"
     standing = [status for f, status in host.feedbacks if f.standing_result.query_id]
     assert len(standing) >= 3 and set(standing) == {OK} and f"after {len(standing)} answers" in final.status_message
+
+
+class CanceledOnSecondLook(threading.Event):
+    """A cancel that comes after `answer` looked at it once (before the engine), i.e. during the answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+def _ask_text(s: Serving, qid: str, text: str) -> Reply:
+    reply = Reply()
+    s.submit(Request(Query(id=qid, text=text), "test", reply))
+    return reply
+
+
+def test_a_repeated_question_gets_the_previous_answer_as_its_draft():
+    engine = Engine()
+    s, host = serving(engine)
+    put_frame(s)
+    put_frame(s, "back")
+    try:
+        first, again = wait(ask(s, "first")), wait(ask(s, "again"))
+        assert engine.drafts == [None, (1, 2)]  # the first answer's token ids
+        assert (first.draft_tokens, first.accepted_draft_tokens) == (0, 0)
+        assert (again.status, again.draft_tokens, again.accepted_draft_tokens) == (OK, 2, 2)
+        assert host.published[-1].accepted_draft_tokens == 2  # ~/result carries the counts too
+        assert s.stats.drafts() == (1, 2, 2)
+        assert wait(ask(s, "other camera", camera="back")).draft_tokens == 0
+        assert wait(_ask_text(s, "other text", "Where is the plate?")).draft_tokens == 0
+        bowl = Query(id="canceled", text="Where is the bowl?")
+        canceled = Request(bowl, "test", cancel=CanceledOnSecondLook())  # canceled while the engine answers
+        assert s.answer(canceled).status == SegmentationResult.CANCELED
+        assert wait(_ask_text(s, "bowl", bowl.text)).draft_tokens == 0
+        assert engine.drafts[-4:] == [None, None, None, None]  # only OK answers become drafts
+        swapped = Reply()
+        assert s.submit_adapter(AdapterRequest("", None, swapped)) is None
+        assert wait(swapped).success
+        assert wait(ask(s, "after swap")).draft_tokens == 0 and engine.drafts[-1] is None  # swap cleared them
+        assert wait(ask(s, "after swap 2")).draft_tokens == 2
+    finally:
+        s.stop()
+    s.cfg = node_config()
+    s.start(Engine())  # cleanup + configure + activate: a new engine, no drafts of the old one
+    put_frame(s)
+    try:
+        assert wait(ask(s, "new engine")).draft_tokens == 0
+    finally:
+        s.stop()
+
+
+def test_drafts_expire_and_draft_reuse_false_never_drafts():
+    engine = Engine()
+    s, _ = serving(engine, draft_max_age_s=0.2)
+    put_frame(s)
+    try:
+        wait(ask(s, "first"))
+        time.sleep(0.3)  # older than draft_max_age_s
+        assert wait(ask(s, "late")).draft_tokens == 0 and engine.drafts == [None, None]
+    finally:
+        s.stop()
+    engine = Engine()
+    s, _ = serving(engine, draft_reuse=False)
+    put_frame(s)
+    try:
+        assert [wait(ask(s, f"q{i}")).draft_tokens for i in range(3)] == [0, 0, 0]
+        assert engine.drafts == [None] * 3 and s.stats.drafts() == (0, 0, 0)
+    finally:
+        s.stop()
+
+
+def test_drafts_keep_the_most_recently_used_keys_only():
+    drafts = Drafts(max_age_s=10.0, max_keys=3)
+    for i in range(3):
+        drafts.put(("front", f"q{i}", ""), [i], now_s=0.0)
+    assert drafts.get(("front", "q0", ""), 1.0) == (0,)  # q0 used: q1 is now the oldest
+    drafts.put(("front", "q3", ""), [3], now_s=1.0)
+    assert len(drafts) == 3 and drafts.get(("front", "q1", ""), 1.0) is None
+    assert drafts.get(("front", "q0", ""), 10.0) == (0,) and drafts.get(("front", "q0", ""), 10.1) is None
+    assert drafts.get(("front", "q3", "kitchen"), 1.0) is None  # another adapter: another key
