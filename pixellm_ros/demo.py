@@ -105,8 +105,11 @@ def run_launch(ros2: str, args: argparse.Namespace, model_path: str, max_new_tok
     planner_code: list[int] = []
     log_file = open(out / "logs" / "launch.log", "w")
     # Own session: the terminal's Ctrl-C reaches this script, which stops the launch (SIGINT) below.
+    # SIGINT back to default in the child: started from a script's background job it would be ignored, and the
+    # launch could then only be stopped with SIGTERM.
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+                            errors="replace", start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def pump() -> None:
         for line in proc.stdout:

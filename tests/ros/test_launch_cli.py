@@ -95,6 +95,10 @@ def process_group_alive(pgid: int) -> list[int]:
     return pids
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Background:
     """A ros2 process in its own process group (so SIGINT reaches it as Ctrl-C would, not ignored), logging to a file."""
@@ -107,8 +111,10 @@ class Background:
 
     def __post_init__(self) -> None:
         self._log = open(self.log_path, "wb")
+        # SIGINT restored to its default: a test run started in the background of a script inherits it ignored,
+        # and a launch that ignores it cannot be stopped the way Ctrl-C stops it.
         self.proc = subprocess.Popen(["ros2", *self.args], env=self.env, cwd=self.cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint)
 
     def log(self) -> str:
         if not self._log.closed:
