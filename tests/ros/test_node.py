@@ -199,6 +199,31 @@ def test_standing_query_reanswers_until_canceled(main):
     assert [r.header for r in on_topic[:len(ok)]] == [r.header for r in ok]
 
 
+def test_standing_query_reuses_the_previous_answer_as_its_draft(main):
+    """draft_reuse (default on): a later standing answer takes its tokens from the previous answer's (verified in one
+    pass) and is the same answer; /diagnostics counts them. The text is this test's own: no earlier draft."""
+    text = "Where is the cup, again and again?"
+    main.cam.stream(20)
+    handle, feedback = _goal(main, Query(id="drafted", text=text), rate_hz=50.0)
+
+    def ok() -> list[S]:
+        return [f.standing_result for f in feedback
+                if f.standing_result.query_id == "drafted" and f.standing_result.status == S.OK]
+
+    main.spin_until(lambda: any(r.accepted_draft_tokens > 0 for r in ok()[1:]), "a standing answer with a draft")
+    spin_future(main.executor, handle.cancel_goal_async(), "the cancel response", main.process)
+    spin_future(main.executor, handle.get_result_async(), "the canceled result", main.process)
+    main.cam.stop()
+    answers = ok()
+    first, drafted = answers[0], next(r for r in answers[1:] if r.accepted_draft_tokens > 0)
+    assert (first.draft_tokens, first.accepted_draft_tokens) == (0, 0)
+    assert drafted.answer == first.answer == ANSWER and drafted.accepted_draft_tokens <= drafted.draft_tokens <= 32
+    assert len(drafted.targets) == len(first.targets) == 2  # masks from the draft pass's states
+    main.spin_until(lambda: int(main.diagnostic("draft_tokens_accepted") or 0) >= drafted.accepted_draft_tokens,
+                    "the accepted draft tokens on /diagnostics")
+    assert int(main.diagnostic("draft_answers")) >= 1
+
+
 def test_standing_query_with_a_tiny_rate_answers_then_cancels(main):
     """rate_hz 1e-30: one answer, then a wait of 1e30 s that used to overflow the timer and abort the goal
     (found by the fuzz); now the goal waits in slices until it is canceled."""
