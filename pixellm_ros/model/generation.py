@@ -37,7 +37,8 @@ class SamplingConfig:
     # Guards against answers that run away (both off, as the release; generate_recompute ignores them):
     max_targets: int = 0  # stop once this many complete targets exist; 0 = no limit
     # Stop when the answer's text tokens (codebook tokens left out: they repeat by design in every
-    # multi-target answer) end in an n-gram, n = 1..repetition_ngram, repeated repetition_count times in a row.
+    # multi-target answer) end in an n-gram, n = 1..repetition_ngram, repeated repetition_count times in a row,
+    # or its text ends in one word repeated repetition_count times (case and punctuation ignored).
     repetition_ngram: int = 0  # 0 = off
     repetition_count: int = 4
 
@@ -50,6 +51,16 @@ def tail_repeats(ids: Sequence[int], n: int) -> int:
     while end >= n and ids[end - n:end] == ids[-n:]:
         count, end = count + 1, end - n
     return count
+
+
+WORD = re.compile(r"\w+")
+
+
+def ends_in_word_run(text: str, count: int) -> bool:
+    """Whether the last `count` words of `text` are one word, case and punctuation ignored: loops such as
+    "bowl, bowl bowl, bowl," whose irregular commas no token n-gram repeats."""
+    words = WORD.findall(text.lower())
+    return len(words) >= count and len(set(words[-count:])) == 1
 
 
 @dataclass
@@ -230,7 +241,8 @@ class _Collector:
             return "max_targets"
         if sampling.repetition_ngram and self.ids[-1] not in self.seg_ids:
             if any(tail_repeats(self.text_ids, n) >= sampling.repetition_count
-                   for n in range(1, sampling.repetition_ngram + 1)):
+                   for n in range(1, sampling.repetition_ngram + 1)) \
+                    or ends_in_word_run(self.text, sampling.repetition_count):
                 return "repetition"
         return None
 

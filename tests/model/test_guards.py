@@ -9,7 +9,7 @@ import torch
 from conftest import PLANNED, Q_THREE
 from pixellm_ros.model import SamplingConfig, generate, generate_batch
 from pixellm_ros.model.compiled import CompiledDecoder
-from pixellm_ros.model.generation import tail_repeats
+from pixellm_ros.model.generation import ends_in_word_run, tail_repeats
 from pixellm_ros.params import ConfigError, configure, load_defaults
 
 GUARDED = SamplingConfig(max_new_tokens=96, max_targets=8, repetition_ngram=16, repetition_count=4)  # the node's
@@ -124,3 +124,23 @@ def test_same_name_targets_are_not_cut(taught):
     script = answer + [tok.eos_id]
     g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": scripted(script)}))
     assert g.token_ids == script and g.stop_reason == "eos" and len(g.targets) == 3
+
+
+def test_repetition_stops_a_word_run_no_token_ngram_repeats(taught):
+    """"cup, cup cup, cup": irregular commas, so no token n-gram repeats 4 times, but one word does (a loop
+    seen on out-of-domain images); it is cut at the word's 4th repeat, and not with a count of 5."""
+    tok = taught.tok
+    cup, comma = tok.encode("cup", add_bos=False), tok.encode(",", add_bos=False)
+    text = cup + comma + cup + cup + comma + cup
+    script = text + [tok.eos_id]
+    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": scripted(script)}))
+    assert g.stop_reason == "repetition" and g.token_ids == text
+    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "repetition_count": 5, "logits_processor": scripted(script)}))
+    assert g.stop_reason == "eos" and g.token_ids == script
+
+
+def test_ends_in_word_run():
+    assert ends_in_word_run("The Bowl, bowl bowl, bowl,", 4)
+    assert not ends_in_word_run("The bowl, bowl bowl, bowls", 4)
+    assert not ends_in_word_run("bowl bowl bowl", 4)
+    assert not ends_in_word_run("The cup, the cup and the cup.", 4)
