@@ -175,7 +175,8 @@ class Answering:
             return result
         except Exception as exc:
             return self._model_error(result, exc)
-        # Drafts only for camera frames (a caller's own image has no camera to be "the same" as).
+        # Drafts only for camera frames (a caller's own image has no camera to be "the same" as). The node decodes
+        # greedily (it has no do_sample parameter); the engine would ignore a draft when sampling anyway.
         draft_key = ((camera, req.query.text.strip(), self.engine.adapter_id)
                      if self.drafts is not None and camera else None)
         draft = self.drafts.get(draft_key, time.monotonic()) if draft_key else None
