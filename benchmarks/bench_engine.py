@@ -28,20 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pixellm_ros.model import (SamplingConfig, generate, generate_recompute, prefill_image,  # noqa: E402
                                preprocess_image)
 from pixellm_ros.model.config import VisionConfig  # noqa: E402
-from pixellm_ros.model.factory import (LLAMA_7B, TINY_LLM, TINY_VISION, default_corpus, make_config,  # noqa: E402
-                                       random_model, train_tokenizer)
-
-
-class ScriptedAnswer:
-    """Logits processor forcing a planned answer, so both paths produce the same tokens."""
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
-        forced = torch.full_like(logits, float("-inf"))
-        forced[self.ids[min(len(generated), len(self.ids) - 1)]] = 0.0
-        return forced
+from pixellm_ros.model.factory import (LLAMA_7B, TINY_LLM, TINY_VISION, ScriptedAnswer, default_corpus,  # noqa: E402
+                                       make_config, random_model, train_tokenizer)
 
 
 def planned_answer(tokenizer, words: int) -> list[int]:

@@ -47,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 from pixellm_ros.model import (Generation, SamplingConfig, generate, load_pixellm, prefill_image,  # noqa: E402
                                preprocess_image)
 from pixellm_ros.model.config import VisionConfig  # noqa: E402
-from pixellm_ros.model.factory import LLAMA_7B, default_corpus, make_config, random_model, train_tokenizer  # noqa: E402
+from pixellm_ros.model.factory import (LLAMA_7B, ScriptedAnswer, default_corpus, make_config, random_model,  # noqa: E402
+                                       train_tokenizer)
 from pixellm_ros.scenes import render_scene  # noqa: E402
 
 SCENARIOS = ("steady", "moving", "cut")
@@ -108,18 +109,6 @@ def frame_stream(scenario: str, frames: int, seed: int = 0, cut_every: int = 4, 
 
 
 # --------------------------------------------------------------------------------------- subjects
-class ScriptedAnswer:
-    """Logits processor forcing a planned answer (random weights), so the answer follows the scene."""
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-    def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
-        forced = torch.full_like(logits, float("-inf"))
-        forced[self.ids[min(len(generated), len(self.ids) - 1)]] = 0.0
-        return forced
-
-
 def scripted_ids(tok, objects: list[str], max_targets: int = 3) -> list[int]:
     """"the red cup [SEG0..5] , the blue ball [SEG0..5] ." for the first max_targets objects, then EOS."""
     ids: list[int] = []

@@ -95,3 +95,18 @@ def tiny_random_pixellm(seed: int = 0) -> tuple[PixelLMForCausalLM, PixelLMToken
     config = make_config(tokenizer, TINY_VISION, **TINY_LLM)
     assert len(tokenizer.seg_token_ids) == CODEBOOK_SIZE
     return random_model(config, seed), tokenizer
+
+
+class ScriptedAnswer:
+    """Logits processor forcing planned token ids, for random-weight models whose own answers mean nothing (tests,
+    benchmarks): step k emits ids[k]; past the plan, its last id again, or with `loop` the plan from its start
+    (a model that loops)."""
+
+    def __init__(self, ids: list[int], loop: bool = False) -> None:
+        self.ids, self.loop = list(ids), loop
+
+    def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        k = len(generated)
+        forced = torch.full_like(logits, float("-inf"))
+        forced[self.ids[k % len(self.ids) if self.loop else min(k, len(self.ids) - 1)]] = 0.0
+        return forced

@@ -8,7 +8,6 @@ chosen, so a target's mask is decoded as soon as its group of 6 codebook tokens 
 """
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Sequence
@@ -18,6 +17,7 @@ import torch
 
 from .compiled import CompiledDecoder
 from .config import CODEBOOK_SIZE, IMAGE_TOKEN_INDEX
+from .answer_text import ends_in_word_run, readable_answer, tail_repeats, target_phrase
 from .drafts import usable_draft, verify_draft
 from .llama import KVCache
 from .pixellm import ImageFeatures, PixelLMForCausalLM
@@ -41,26 +41,6 @@ class SamplingConfig:
     # or its text ends in one word repeated repetition_count times (case and punctuation ignored).
     repetition_ngram: int = 0  # 0 = off
     repetition_count: int = 4
-
-
-def tail_repeats(ids: Sequence[int], n: int) -> int:
-    """How many times in a row the last n ids repeat at the end of `ids` (1: no repetition)."""
-    if len(ids) < n:
-        return 0
-    count, end = 1, len(ids) - n
-    while end >= n and ids[end - n:end] == ids[-n:]:
-        count, end = count + 1, end - n
-    return count
-
-
-WORD = re.compile(r"\w+")
-
-
-def ends_in_word_run(text: str, count: int) -> bool:
-    """Whether the last `count` words of `text` are one word, case and punctuation ignored: loops such as
-    "bowl, bowl bowl, bowl," whose irregular commas no token n-gram repeats."""
-    words = WORD.findall(text.lower())
-    return len(words) >= count and len(set(words[-count:])) == 1
 
 
 @dataclass
@@ -175,26 +155,6 @@ class _Sampler:
         return torch.multinomial(probs, 1, generator=self.gen)[:, 0]
 
 
-_LEAD = re.compile(r"^(?:(?:and|or|also|then|sure|yes|ok|okay|here)\b[,!]?\s*|[,;]\s*)+", re.IGNORECASE)
-_TRAIL = re.compile(r"(?:\s*\b(?:is|are|at|in|here)|\s*[:,])+$", re.IGNORECASE)
-
-
-def target_phrase(span_text: str) -> str:
-    """The words naming a target: the clause just before its codebook group, without fillers.
-
-    "Here they are: the rocket" -> "the rocket"; ", the tower" -> "the tower"; "The cat is" -> "The cat".
-    """
-    clause = re.split(r"[.:;!?](?:\s|$)", span_text.strip())[-1] if span_text.strip() else ""
-    clause = _TRAIL.sub("", _LEAD.sub("", clause.strip())).strip(" ,")
-    return clause or span_text.strip(" ,.:")
-
-
-def readable_answer(tokenizer: PixelLMTokenizer, ids: Sequence[int]) -> str:
-    seg = set(tokenizer.seg_token_ids)
-    text = tokenizer.decode([i for i in ids if i not in seg], skip_special_tokens=True)
-    return re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
-
-
 class _Collector:
     """Turns a stream of (token, producing hidden state) into text and target events."""
 
@@ -288,17 +248,10 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
     key_valid[:, :p] = prefix.key_valid
     sample = _Sampler(sampling, device)
     collector = _Collector(model, tokenizer, image)
-    hidden, accepted = None, 0
-    if draft:
-        kept = yield from verify_draft(model, cache, key_valid, tail, draft, sampling, collector, tokenizer.eos_id,
-                                       cancel)
-        if kept.stop:
-            return collector.result(kept.stop, prefix.ids + tail, len(draft), kept.accepted)
-        hidden, accepted = kept.hidden, kept.accepted
-    if hidden is None:
-        tail_ids = torch.tensor([tail], device=device)
-        positions = torch.arange(p, p + len(tail), device=device)[None]
-        hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
+    hidden, accepted, stop = yield from _prefill_question(model, cache, key_valid, p, tail, draft, sampling,
+                                                          collector, tokenizer.eos_id, cancel)
+    if stop:
+        return collector.result(stop, prefix.ids + tail, len(draft), accepted)
     stop = "max_new_tokens"
     for _ in range(sampling.max_new_tokens - accepted):
         if cancel is not None and cancel.is_set():
@@ -322,6 +275,24 @@ def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageF
     return collector.result(stop, prefix.ids + tail, len(draft), accepted)
 
 
+def _prefill_question(model: PixelLMForCausalLM, cache, key_valid: torch.Tensor, p: int, tail: list[int],
+                      draft: list[int], sampling: SamplingConfig, collector: _Collector, eos_id: int,
+                      cancel: threading.Event | None):
+    """Prefill the question after the image prefix (p positions), with the draft verified on top of it when
+    there is one: (hidden state of the last kept position, draft tokens accepted, stop reason or None)."""
+    hidden, accepted = None, 0
+    if draft:
+        kept = yield from verify_draft(model, cache, key_valid, tail, draft, sampling, collector, eos_id, cancel)
+        if kept.stop:
+            return None, kept.accepted, kept.stop
+        hidden, accepted = kept.hidden, kept.accepted
+    if hidden is None:
+        tail_ids = torch.tensor([tail], device=model.device)
+        positions = torch.arange(p, p + len(tail), device=model.device)[None]
+        hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)], cache)[:, -1]
+    return hidden, accepted, None
+
+
 def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures,
                      prefix: ImagePrefix, tail: list[int], sampling: SamplingConfig, cancel: threading.Event | None,
                      decoder: CompiledDecoder,
@@ -334,18 +305,11 @@ def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, ima
     with decoder.cache(prefix.cache, prefix.key_valid, 1, needed) as (cache, key_valid):
         sample = _Sampler(sampling, device)
         collector = _Collector(model, tokenizer, image)
-        hidden, accepted = None, 0
-        if draft:  # verified eagerly in the decoder's cache; the compiled steps continue after the kept prefix
-            kept = yield from verify_draft(model, cache, key_valid, tail, draft, sampling, collector,
-                                           tokenizer.eos_id, cancel)
-            if kept.stop:
-                return collector.result(kept.stop, prefix.ids + tail, len(draft), kept.accepted)
-            hidden, accepted = kept.hidden, kept.accepted
-        if hidden is None:
-            tail_ids = torch.tensor([tail], device=device)
-            positions = torch.arange(p, p + len(tail), device=device)[None]
-            hidden = model.model(model.model.embed_tokens(tail_ids), positions, key_valid[:, : p + len(tail)],
-                                 cache)[:, -1]
+        # a draft is verified eagerly in the decoder's cache; the compiled steps continue after the kept prefix
+        hidden, accepted, stop = yield from _prefill_question(model, cache, key_valid, p, tail, draft, sampling,
+                                                              collector, tokenizer.eos_id, cancel)
+        if stop:
+            return collector.result(stop, prefix.ids + tail, len(draft), accepted)
         logits = model.logits(hidden)
         pos = torch.tensor([cache.length], device=device)
         ahead = device.type == "cuda"

@@ -11,7 +11,8 @@ import torch
 from conftest import PLANNED, Q_ONE, Q_SEVEN, Q_THREE
 from pixellm_ros.model import (SamplingConfig, TargetEvent, TextEvent, generate, generate_batch,
                                generate_recompute, prefill_image, stream)
-from pixellm_ros.model.generation import split_prompt, target_phrase
+from pixellm_ros.model.answer_text import target_phrase
+from pixellm_ros.model.generation import split_prompt
 
 
 def recompute(t, question, sampling=None):

@@ -4,12 +4,12 @@ defaults (no guards, as the release) give the same tokens as before."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import PLANNED, Q_THREE
 from pixellm_ros.model import SamplingConfig, generate, generate_batch
 from pixellm_ros.model.compiled import CompiledDecoder
-from pixellm_ros.model.generation import ends_in_word_run, tail_repeats
+from pixellm_ros.model.factory import ScriptedAnswer
+from pixellm_ros.model.answer_text import ends_in_word_run, tail_repeats
 from pixellm_ros.params import ConfigError, configure, load_defaults
 
 GUARDED = SamplingConfig(max_new_tokens=96, max_targets=8, repetition_ngram=16, repetition_count=4)  # the node's
@@ -23,15 +23,6 @@ def test_node_parameters_map_to_the_guards(tiny_ckpt):
         defaults["max_targets"], defaults["repetition_ngram"], defaults["repetition_count"])
     with pytest.raises(ConfigError, match="max_targets must be >= 0.*repetition_count must be >= 2"):
         configure({**defaults, "model_path": str(tiny_ckpt.checkpoint), "max_targets": -1, "repetition_count": 1})
-
-
-def scripted(cycle: list[int]):
-    """A logits processor that makes greedy decoding repeat `cycle` forever: a perfectly looping model."""
-    def force(ids, logits):
-        out = torch.full_like(logits, -1e9)
-        out[cycle[len(ids) % len(cycle)]] = 0.0
-        return out
-    return force
 
 
 @pytest.fixture
@@ -55,7 +46,7 @@ def test_tail_repeats():
 def test_defaults_are_the_release(taught, loops):
     """No guard by default: the loop runs to max_new_tokens, as before."""
     assert SamplingConfig().max_targets == 0 and SamplingConfig().repetition_ngram == 0
-    g = run(taught, SamplingConfig(max_new_tokens=120, logits_processor=scripted(loops[0])))
+    g = run(taught, SamplingConfig(max_new_tokens=120, logits_processor=ScriptedAnswer(loops[0], loop=True)))
     assert len(g.token_ids) == 120 and g.stop_reason == "max_new_tokens"
     assert len(g.targets) == (120 + 1) // len(loops[0])
 
@@ -63,7 +54,7 @@ def test_defaults_are_the_release(taught, loops):
 @pytest.mark.parametrize("n", [1, 3])
 def test_max_targets_stops_right_after_the_nth_target(taught, loops, n):
     cycle = loops[0]
-    sampling = SamplingConfig(max_new_tokens=120, max_targets=n, logits_processor=scripted(cycle))
+    sampling = SamplingConfig(max_new_tokens=120, max_targets=n, logits_processor=ScriptedAnswer(cycle, loop=True))
     g = run(taught, sampling)
     assert g.stop_reason == "max_targets" and len(g.targets) == n
     and_ids = len(cycle) - cycle.index(taught.tok.seg_token_ids[-1]) - 1
@@ -75,11 +66,11 @@ def test_max_targets_stops_right_after_the_nth_target(taught, loops, n):
 def test_repetition_stops_a_loop_of_plain_words(taught, loops):
     cycle = loops[1]
     g = run(taught, SamplingConfig(max_new_tokens=120, repetition_ngram=len(cycle), repetition_count=6,
-                                   logits_processor=scripted(cycle)))
+                                   logits_processor=ScriptedAnswer(cycle, loop=True)))
     assert g.stop_reason == "repetition" and g.token_ids == cycle * 6
     # n-grams shorter than the loop's period never see it
     g = run(taught, SamplingConfig(max_new_tokens=40, repetition_ngram=len(cycle) - 1, repetition_count=6,
-                                   logits_processor=scripted(cycle)))
+                                   logits_processor=ScriptedAnswer(cycle, loop=True)))
     assert g.stop_reason == "max_new_tokens" and len(g.token_ids) == 40
 
 
@@ -88,17 +79,17 @@ def test_repetition_reads_the_text_without_codebook_tokens(taught, loops):
     cycle = loops[0]
     period = len([i for i in cycle if i not in taught.tok.seg_token_ids])
     g = run(taught, SamplingConfig(max_new_tokens=120, repetition_ngram=period, repetition_count=6,
-                                   logits_processor=scripted(cycle)))
+                                   logits_processor=ScriptedAnswer(cycle, loop=True)))
     assert g.stop_reason == "repetition" and g.token_ids == cycle * 6 and len(g.targets) == 6
     g = run(taught, SamplingConfig(max_new_tokens=120, repetition_ngram=period - 1, repetition_count=6,
-                                   logits_processor=scripted(cycle)))
+                                   logits_processor=ScriptedAnswer(cycle, loop=True)))
     assert g.stop_reason == "max_new_tokens"
 
 
 def test_node_guards_cut_the_loop_on_every_path(taught, loops):
     """With the node's settings the target loop stops at its 4th repeat (repetition before max_targets=8);
     eager, compiled and batched decoding stop at the same token."""
-    sampling = SamplingConfig(**{**GUARDED.__dict__, "logits_processor": scripted(loops[0])})
+    sampling = SamplingConfig(**{**GUARDED.__dict__, "logits_processor": ScriptedAnswer(loops[0], loop=True)})
     eager = run(taught, sampling)
     assert eager.stop_reason == "repetition" and eager.token_ids == loops[0] * 4
     compiled = run(taught, sampling, CompiledDecoder(taught.model, backend="aot_eager"))
@@ -122,7 +113,7 @@ def test_same_name_targets_are_not_cut(taught):
     tok = taught.tok
     answer = (tok.encode("the cup", add_bos=False) + list(tok.seg_token_ids)) * 3 + tok.encode(".", add_bos=False)
     script = answer + [tok.eos_id]
-    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": scripted(script)}))
+    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": ScriptedAnswer(script, loop=True)}))
     assert g.token_ids == script and g.stop_reason == "eos" and len(g.targets) == 3
 
 
@@ -133,9 +124,10 @@ def test_repetition_stops_a_word_run_no_token_ngram_repeats(taught):
     cup, comma = tok.encode("cup", add_bos=False), tok.encode(",", add_bos=False)
     text = cup + comma + cup + cup + comma + cup
     script = text + [tok.eos_id]
-    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": scripted(script)}))
+    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "logits_processor": ScriptedAnswer(script, loop=True)}))
     assert g.stop_reason == "repetition" and g.token_ids == text
-    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "repetition_count": 5, "logits_processor": scripted(script)}))
+    g = run(taught, SamplingConfig(**{**GUARDED.__dict__, "repetition_count": 5,
+                                      "logits_processor": ScriptedAnswer(script, loop=True)}))
     assert g.stop_reason == "eos" and g.token_ids == script
 
 

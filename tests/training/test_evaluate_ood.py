@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pixellm_ros.engine import Engine, EngineConfig
 from pixellm_ros.model import SamplingConfig
+from pixellm_ros.model.factory import ScriptedAnswer
 from training.data.sample import Sample
 from training.evaluate import evaluate_ood, longest_word_run, main, node_sampling, ood_summary
 
@@ -29,15 +29,6 @@ def samples(n: int = 3) -> list[Sample]:
     return [Sample(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "Where is the red cup?",
                    "There is no such object in the image.", np.zeros((0, 48, 64), bool), source=f"ood:photo:p{i // 2}")
             for i in range(n)]
-
-
-def scripted(cycle: list[int]):
-    """Greedy decoding emits `cycle` over and over (a model that loops), or ends when the cycle holds EOS."""
-    def force(ids, logits):
-        out = torch.full_like(logits, -1e9)
-        out[cycle[len(ids) % len(cycle)]] = 0.0
-        return out
-    return force
 
 
 def test_longest_word_run_ignores_case_and_punctuation():
@@ -63,8 +54,8 @@ def test_a_looping_model_is_cut_by_the_guards_and_runs_to_the_limit_without(tiny
     path, tok = tiny
     engine = Engine(EngineConfig(model_path=str(path), device="cpu"))
     cycle = tok.encode("cup and", add_bos=False)
-    loop = scripted(cycle)
-    stop = scripted([tok.eos_id])
+    loop = ScriptedAnswer(cycle, loop=True)
+    stop = ScriptedAnswer([tok.eos_id], loop=True)
     settings = {"guarded": SamplingConfig(max_new_tokens=60, repetition_ngram=16, repetition_count=4,
                                           logits_processor=loop),
                 "unguarded": SamplingConfig(max_new_tokens=400, logits_processor=loop),
