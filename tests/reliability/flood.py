@@ -20,14 +20,11 @@ from std_msgs.msg import Header
 from common import Tally, final_check, log, log_problems, rss_growth, start, stop, wait_active
 from node_fixtures import image_msg, sample_rgb
 from pixellm_ros.action import Ask
+from pixellm_ros.conversions import stamp_ns
 from pixellm_ros.msg import Query, SegmentationResult as S
 
 MAX_AGE_S = 0.3
 QUEUE_SIZE = 4
-
-
-def _stamp_ns(header: Header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class CameraThread(threading.Thread):
@@ -130,7 +127,7 @@ def run_flood(model: Path, workdir: Path, seconds: float = 8.0, image_hz: float 
             tally.status(r.status)
             if r.status != S.OK:
                 continue
-            stamp = _stamp_ns(r.header)
+            stamp = stamp_ns(r.header.stamp)
             if stamp not in camera.sent:
                 no_frame += 1
             elif camera.sent[stamp] != r.header.frame_id:
