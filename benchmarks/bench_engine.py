@@ -105,18 +105,15 @@ def bench_config(name: str, device: torch.device, dtype: torch.dtype, lengths: l
 
 def _stream_timed(model, tok, image, prefix, question, sampling, t0, out):
     from pixellm_ros.model import TargetEvent, TextEvent, stream
-    gen = stream(model, tok, image, prefix, question, sampling)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            out["total"] = time.perf_counter() - t0
-            return stop.value
+    events = stream(model, tok, image, prefix, question, sampling)
+    for event in events:
         now = time.perf_counter() - t0
         if isinstance(event, TextEvent) and "first_token" not in out:
             out["first_token"] = now
         if isinstance(event, TargetEvent) and "first_mask" not in out:
             out["first_mask"] = now
+    out["total"] = time.perf_counter() - t0
+    return events.result
 
 
 def main(argv=None) -> int:

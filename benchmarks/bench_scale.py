@@ -440,13 +440,8 @@ def _run_engine(spec: dict, device, sync) -> dict:
         if q == 0:
             out["image_peak_rss_bytes"] = vm_hwm()  # load + image encode + image prefill
         times, mask_after, first_mask = [], set(), None
-        gen = engine.stream(question, sampling)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        events = engine.stream(question, sampling)
+        for event in events:
             now = time.perf_counter()
             if isinstance(event, TextEvent):
                 times.append(now)
@@ -454,6 +449,7 @@ def _run_engine(spec: dict, device, sync) -> dict:
                 first_mask = first_mask or now
                 mask_after.add(len(times))  # the interval to the next token includes this mask decode
         t_end = time.perf_counter()
+        result = events.result
         _progress(spec, f"question {q + 1}: {len(result.token_ids)} tokens, {len(result.targets)} targets in "
                         f"{t_end - t0:.1f} s (image {t_img - t0:.1f} s)")
         answered = result.token_ids == script and len(result.targets) == 2

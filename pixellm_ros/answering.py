@@ -261,12 +261,8 @@ class Answering:
         """Run the engine, streaming feedback to an action goal; returns (engine result, target messages)."""
         targets: list[TargetMask] = []
         text = ""
-        gen = self.engine.stream(req.query.text, cancel=req.cancel, draft=draft)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value, targets
+        events = self.engine.stream(req.query.text, cancel=req.cancel, draft=draft)
+        for event in events:
             if isinstance(event, TextEvent):
                 text = event.text
                 if req.goal is not None:
@@ -275,4 +271,4 @@ class Answering:
                 targets.append(target_msg(event.target, header))
                 if req.goal is not None:
                     self.host.feedback(req.goal, Ask.Feedback(partial_answer=text, new_targets=[targets[-1]]))
-
+        return events.result, targets

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from .engine import COMPILE_CHOICES, Engine, EngineConfig, Result
-from .model import SamplingConfig
+from .model import SamplingConfig, TextEvent
 from .model.quantize import MODES as QUANTIZATIONS
 from .overlay import draw_overlay
 
@@ -130,28 +130,20 @@ def interactive(engine: Engine, image: str | None, out: Path, save_logits: bool)
             print("no image yet: ':image PATH' first")
             continue
         engine.set_image(rgb)
-        for event in _stream_print(engine, line):
-            pass
-        result = event
+        result = _stream_print(engine, line)
         write_result(result, rgb, out / f"turn_{turn:03d}", save_logits)
         print_result(result)
         turn += 1
 
 
-def _stream_print(engine: Engine, question: str):
-    """Print the answer as it is generated; the last item yielded is the Result."""
-    from .model import TextEvent
-    gen = engine.stream(question)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            print()
-            yield stop.value
-            return
+def _stream_print(engine: Engine, question: str) -> Result:
+    """Print the answer as it is generated; return the Result."""
+    events = engine.stream(question)
+    for event in events:
         if isinstance(event, TextEvent):
             print(event.delta, end="", flush=True)
-        yield event
+    print()
+    return events.result
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .model import (Generation, ImageFeatures, ImagePrefix, SamplingConfig, Target, TargetEvent, TextEvent,
-                    generate_batch, load_pixellm, prefill_image, preprocess_image, stream)
+                    generate_batch, load_pixellm, prefill_image, preprocess_image, stream, streaming)
 from .model.compiled import CompiledDecoder
 from .model.config import LLM_IMAGE_GRID
-from .model.generation import run_to_end, split_prompt
+from .model.generation import split_prompt
 
 log = logging.getLogger(__name__)
 WARMUP_QUESTION_TOKENS = 32  # the compiled decoder is warmed up for a question this long (longer ones may recompile)
@@ -193,9 +193,11 @@ class Engine:
                              f"{self.config.max_question_chars}")
         return question.strip()
 
+    @streaming
     def stream(self, question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
                draft: Result | Sequence[int] | None = None) -> Generator[TextEvent | TargetEvent, None, Result]:
-        """Yield text pieces and each target as soon as its mask is decoded; return the Result.
+        """A Stream (model/stream.py) of text pieces and each target as soon as its mask is decoded; its result
+        is the Result. Lazy: the question is checked and the engine taken when the first event is asked for.
 
         `draft`: a previous Result (or its token ids) for the same question, e.g. on the previous frame of a
         standing query. It is verified in one pass and kept as far as greedy decoding agrees: the answer is
@@ -210,20 +212,16 @@ class Engine:
             image_timings, image_s = self._take_image_timings()
             t0 = time.perf_counter()
             first_token = first_mask = last_token = 0.0
-            gen = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling, cancel,
-                         self.decoder, draft_ids)
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    generation: Generation = stop.value
-                    break
+            events = stream(self.model, self.tokenizer, image, prefix, question, sampling or self.config.sampling,
+                            cancel, self.decoder, draft_ids)
+            for event in events:
                 now = time.perf_counter() - t0
                 if isinstance(event, TextEvent):
                     first_token, last_token = first_token or now, now
                 if isinstance(event, TargetEvent) and not first_mask:
                     first_mask = now
                 yield event
+            generation: Generation = events.result
             self._sync()
             elapsed = time.perf_counter() - t0
             timings = replace(image_timings, generate=elapsed, first_token=first_token + image_s,
@@ -233,7 +231,7 @@ class Engine:
 
     def ask(self, question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
             draft: Result | Sequence[int] | None = None) -> Result:
-        return run_to_end(self.stream(question, sampling, cancel, draft))
+        return self.stream(question, sampling, cancel, draft).run()
 
     def ask_many(self, questions: Sequence[str], sampling: SamplingConfig | None = None) -> list[Result]:
         """Answer several questions on the current image in one batch."""

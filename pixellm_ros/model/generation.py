@@ -22,6 +22,7 @@ from .drafts import usable_draft, verify_draft
 from .llama import KVCache
 from .pixellm import ImageFeatures, PixelLMForCausalLM
 from .processing import build_prompt
+from .stream import streaming
 from .tokenizer import IMAGE_PLACEHOLDER, PixelLMTokenizer
 
 
@@ -226,12 +227,13 @@ class _Collector:
                           len(self.seg_hidden) % CODEBOOK_SIZE, stop_reason, hidden, prompt_ids, draft_tokens, accepted)
 
 
+@streaming
 @torch.no_grad()
 def stream(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, image: ImageFeatures, prefix: ImagePrefix,
            question: str, sampling: SamplingConfig | None = None, cancel: threading.Event | None = None,
            decoder: CompiledDecoder | None = None,
            draft: Sequence[int] | None = None) -> Generator[TextEvent | TargetEvent, None, Generation]:
-    """Yield text and target events while answering; return the Generation (StopIteration.value).
+    """A Stream (model/stream.py) of text and target events while answering; its result is the Generation.
 
     With a `decoder`, tokens after the first come from its compiled static-shape step (same ids).
     With a `draft` (e.g. the previous frame's answer ids), the question and the draft run in one pass and
@@ -337,19 +339,10 @@ def _stream_compiled(model: PixelLMForCausalLM, tokenizer: PixelLMTokenizer, ima
     return collector.result(stop, prefix.ids + tail, len(draft), accepted)
 
 
-def run_to_end(gen: Generator):
-    """Consume a generator's events and return its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def generate(model, tokenizer, image, prefix, question, sampling=None, cancel=None, decoder=None,
              draft=None) -> Generation:
     """`stream` without the events."""
-    return run_to_end(stream(model, tokenizer, image, prefix, question, sampling, cancel, decoder, draft))
+    return stream(model, tokenizer, image, prefix, question, sampling, cancel, decoder, draft).run()
 
 
 @torch.no_grad()
