@@ -3,14 +3,21 @@
 Where the ROS 2 launch system is installed (a ROS install, or .venv after `make setup` with
 ../shared/vendor/ros2_launch_cli) it runs, on this machine only (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a
 random ROS_DOMAIN_ID, logs under OUT/ros_log and OUT/logs):
-  ros2 launch pixellm_ros demo.launch.py rviz:=false model_path:=MODEL out:=OUT params_file:=... rate_hz:=...
+  ros2 launch pixellm_ros demo.launch.py rviz:=false model_path:=MODEL out:=OUT params_file:=... rate_hz:=... scene:=...
 printing the planner's lines (answers, targets, latency; overlays in OUT/answer_<k>.png); the launch ends when
 the planner has asked its questions, and the demo exits with the planner's status. Otherwise (or --launch no)
 it starts the same three processes itself:
   python -m pixellm_ros.node --ros-args --params-file config/pixellm.yaml -p model_path:=MODEL -p autostart:=true
-  python -m pixellm_ros.demo_camera     synthetic tabletop frames on /image (+ /camera_info)
+  python -m pixellm_ros.demo_camera     one synthetic tabletop scene on /image (+ /camera_info)
   python -m pixellm_ros.demo_planner    asks the questions through /pixellm/segment, writes OUT/answer_<k>.png
 waits for the planner, stops the others (SIGINT, then SIGTERM) and exits with the planner's status.
+
+SCENE: the camera shows ONE scene, render_scene(default_rng([0, SCENE])), so every question is asked of a known
+scene whatever the timing (before, the camera cycled 20 scenes and which one a question saw depended on timing).
+--scene defaults to pixellm_ros.scenes.DEMO_SCENE (113), chosen by a stated rule, not by how a model answers on it:
+the first scene of seed 0 where each question has a non-empty answer (a container, exactly one red cup, a blue
+object, a cutting tool: the red bottle, the yellow knife, the blue scissors and the red cup).
+`python -m training.evaluate --model MODEL --demo` scores the questions on it and on the camera's usual 20 scenes.
 
 MODEL: --model; else the node YAML's model_path (models/pixellm_tabletop) when it exists; else a tiny
 PixelLM with RANDOM weights built under OUT/tiny_random_model (same code path as 7B, a few MB): everything runs
@@ -32,6 +39,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import yaml
+
+from .scenes import DEMO_SCENE, DEMO_SEED
 
 log = logging.getLogger("pixellm_ros.demo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +107,8 @@ def run_launch(ros2: str, args: argparse.Namespace, model_path: str, max_new_tok
                env: dict[str, str], out: Path) -> int:
     """`ros2 launch pixellm_ros demo.launch.py rviz:=false ...`: print the planner's lines, log all; the planner's code."""
     cmd = [ros2, "launch", "pixellm_ros", "demo.launch.py", "rviz:=false", f"model_path:={model_path}",
-           f"out:={out.resolve()}", f"rate_hz:={args.rate_hz}", f"params_file:={Path(args.params_file).resolve()}"]
+           f"out:={out.resolve()}", f"rate_hz:={args.rate_hz}", f"params_file:={Path(args.params_file).resolve()}",
+           f"scene:={args.scene}"]
     if max_new_tokens:
         cmd.append(f"max_new_tokens:={max_new_tokens}")
     log.info("running %s", " ".join(cmd[1:]))
@@ -162,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--params-file", default=str(PARAMS_FILE), help="node parameter YAML")
     ap.add_argument("--rate-hz", type=float, default=5.0, help="demo camera frame rate")
+    ap.add_argument("--scene", type=int, default=DEMO_SCENE,
+                    help=f"the one scene the camera shows (seed {DEMO_SEED}; default: see above)")
     ap.add_argument("--max-new-tokens", type=int, default=None,
                     help="longest answer (default: the YAML's; 32 with the random-weight model, which rambles)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
@@ -194,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "node": [py, "-m", NODE_MODULE, "--ros-args", "--params-file", str(args.params_file),
                  "-p", f"model_path:={model_path}", "-p", "autostart:=true"]
         + (["-p", f"max_new_tokens:={max_new_tokens}"] if max_new_tokens else []),
-        "camera": [py, "-m", "pixellm_ros.demo_camera", "--ros-args", "-p", f"rate_hz:={args.rate_hz}"],
+        "camera": [py, "-m", "pixellm_ros.demo_camera", "--ros-args", "-p", f"rate_hz:={args.rate_hz}",
+                   "-p", f"seed:={DEMO_SEED}", "-p", f"first_scene:={args.scene}", "-p", "num_scenes:=1"],
     }
     log.info("model %s, ROS_DOMAIN_ID %s, logs in %s/logs", model_path, env["ROS_DOMAIN_ID"], out)
     procs: dict[str, subprocess.Popen] = {}

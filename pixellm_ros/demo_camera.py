@@ -4,7 +4,8 @@
 
 Frames are synthetic tabletop scenes (pixellm_ros.scenes, the domain the project's default model is trained
 on): scene i is `render_scene(np.random.default_rng([seed, i]))`, held for `frames_per_scene` frames,
-`num_scenes` scenes, repeated when `loop`; or, with `image_folder`, the PNG/JPEG files of a folder. Topics: `image`
+`num_scenes` scenes from `first_scene` on, repeated when `loop` (`make demo` shows one: first_scene
+scenes.DEMO_SCENE, num_scenes 1); or, with `image_folder`, the PNG/JPEG files of a folder. Topics: `image`
 (sensor_msgs/Image, sensor-data QoS) and `camera_info`; header.frame_id `frame_id`, stamps from the node clock.
 """
 from __future__ import annotations
@@ -32,7 +33,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 class FrameSource:
     """Frame k of the stream as (H, W, 3) uint8 RGB; `len()` frames before it repeats or ends."""
 
-    def __init__(self, seed: int, num_scenes: int, frames_per_scene: int, image_folder: str = "") -> None:
+    def __init__(self, seed: int, num_scenes: int, frames_per_scene: int, image_folder: str = "",
+                 first_scene: int = 0) -> None:
+        if first_scene < 0:
+            raise ValueError(f"first_scene must be >= 0, got {first_scene}")
         self.frames_per_scene = max(1, frames_per_scene)
         self._cache: dict[int, np.ndarray] = {}
         if image_folder:
@@ -43,7 +47,7 @@ class FrameSource:
             self.num_scenes, self._render = len(self.files), self._read
         else:
             self.seed, self.num_scenes = seed, max(1, num_scenes)
-            self._render = lambda i: render_scene(np.random.default_rng([self.seed, i]))[0]
+            self._render = lambda i: render_scene(np.random.default_rng([self.seed, first_scene + i]))[0]
 
     def _read(self, i: int) -> np.ndarray:
         bgr = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
@@ -70,7 +74,8 @@ class DemoCamera(Node):
         self.source = FrameSource(seed=int(self.declare_parameter("seed", 0).value),
                                   num_scenes=int(self.declare_parameter("num_scenes", 20).value),
                                   frames_per_scene=int(self.declare_parameter("frames_per_scene", 10).value),
-                                  image_folder=str(self.declare_parameter("image_folder", "").value))
+                                  image_folder=str(self.declare_parameter("image_folder", "").value),
+                                  first_scene=int(self.declare_parameter("first_scene", 0).value))
         if self.rate_hz <= 0:
             raise ValueError(f"rate_hz must be > 0, got {self.rate_hz}")
         self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)

@@ -33,9 +33,9 @@ from .conversions import ImageConversionError, image_to_rgb, stamp_ns
 from .executor import NO_EVENT_HANDLERS, spin_once_until_shutdown
 from .messages import STATUS_NAMES
 from .overlay import draw_overlay
+from .scenes import DEMO_QUESTIONS
 
-QUESTIONS = ["Which objects could hold water?", "Where is the red cup?", "Segment all the blue objects.",
-             "What could I use to cut the rope?"]
+QUESTIONS = list(DEMO_QUESTIONS)
 RETRY_STATUSES = (SegmentationResult.NO_IMAGE, SegmentationResult.NOT_READY)  # the node is still starting
 
 

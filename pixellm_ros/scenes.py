@@ -16,6 +16,14 @@ import numpy as np
 KINDS = ("cup", "bowl", "bottle", "knife", "scissors", "ball")
 COLORS = {"red": (205, 35, 35), "green": (40, 160, 60), "blue": (40, 80, 210), "yellow": (230, 200, 30)}
 
+# `make demo`: the questions its planner asks, all on ONE scene, so the answers do not depend on timing:
+# render_scene(default_rng([DEMO_SEED, DEMO_SCENE])), the first scene of seed 0 where every question has an answer
+# (a container, exactly one red cup, a blue object, a cutting tool; training.evaluate.demo_scene applies the rule,
+# a test checks the two agree). Chosen by that rule, not by how a model answers on it.
+DEMO_QUESTIONS = ("Which objects could hold water?", "Where is the red cup?", "Segment all the blue objects.",
+                  "What could I use to cut the rope?")
+DEMO_SEED, DEMO_SCENE = 0, 113
+
 
 @dataclass
 class SceneObject:

@@ -3,6 +3,7 @@
     python -m training.evaluate --model DIR [--samples 200 --seed 9999 --style default] [--out DIR]
     python -m training.evaluate --muse FILE [--image-root DIR] --model DIR [--samples N] [--out DIR]
     python -m training.evaluate --muse FILE [--image-root DIR] --predictions DIR [--out DIR]
+    python -m training.evaluate --model DIR --demo [--demo-scenes 20] [--out DIR]   (see evaluate_demo)
 
 The first form asks the synthetic held-out split (one question per scene). `--muse` asks every question
 of a MUSE-format file on its image (the image is encoded once, then each question asked on it);
@@ -47,9 +48,10 @@ from tqdm import tqdm
 from pixellm_ros.engine import Engine, EngineConfig
 from pixellm_ros.model import SamplingConfig
 from pixellm_ros.overlay import draw_overlay
+from pixellm_ros.scenes import DEMO_QUESTIONS, DEMO_SEED, SceneObject, render_scene
 
 from .data.sample import DataError, Sample
-from .data.synthetic import QUESTION_KINDS, SyntheticConfig, synthetic_sample
+from .data.synthetic import AFFORDANCES, PHRASINGS, QUESTION_KINDS, SyntheticConfig, synthetic_sample
 
 log = logging.getLogger(__name__)
 SYNTHETIC_MAX_NEW_TOKENS = 96  # the tabletop answers are short
@@ -337,6 +339,136 @@ def evaluate_ood(engine: Engine, samples: list[Sample], settings: dict[str, Samp
     return report
 
 
+# ------------------------------------------------------------------------------------------------ demo
+
+DEMO_FAILURES = ("wrong object", "duplicated name", "missed target", "extra target", "bad mask")
+DEMO_MASK_IOU = 0.5  # a named target's mask counts as right from this IoU with its true object
+
+
+def _phrasing_pattern(template: str) -> re.Pattern:
+    """A PHRASINGS template as a regex: {name} -> color + kind, {verb} -> an affordance, {color} -> a colour."""
+    fields = {"name": r"(?P<color>\w+) (?P<kind>\w+)", "color": r"(?P<color>\w+)",
+              "verb": "(?P<verb>" + "|".join(map(re.escape, AFFORDANCES)) + ")"}
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("".join(re.escape(p) if k % 2 == 0 else fields[p] for k, p in enumerate(parts)) + r"\Z",
+                      re.IGNORECASE)
+
+
+def question_targets(question: str, objects: Sequence[SceneObject]) -> tuple[str, list[SceneObject]]:
+    """(kind, true targets in answer order) of a domain question on a scene, by the rules synthetic.make_question
+    answers with: referring -> the objects of that colour and kind (training asks only about unique ones, none ->
+    "no such object"); affordance -> every object of AFFORDANCES[verb]; colour -> every object of that colour;
+    several targets from left to right. ValueError for a question no PHRASINGS template asks."""
+    for kind in ("refer", "afford", "color"):
+        for template in {t for style in PHRASINGS.values() for t in style[kind]}:
+            m = _phrasing_pattern(template).match(question.strip())
+            if not m:
+                continue
+            g = {k: v.lower() for k, v in m.groupdict().items()}
+            if kind == "refer":
+                match = [o for o in objects if (o.color, o.kind) == (g["color"], g["kind"])]
+            elif kind == "afford":
+                match = [o for o in objects if o.kind in AFFORDANCES[g["verb"]]]
+            else:
+                match = [o for o in objects if o.color == g["color"]]
+            return kind, sorted(match, key=lambda o: o.x)
+    raise ValueError(f"not a question of the synthetic domain: {question!r}")
+
+
+def demo_scene(seed: int = DEMO_SEED, questions: Sequence[str] = DEMO_QUESTIONS, limit: int = 10_000) -> int:
+    """The demo's scene rule: the first scene of `seed` where every question has a non-empty answer and every
+    referring question names exactly one object (the ones training asks). pixellm_ros.scenes.DEMO_SCENE is it."""
+    for i in range(limit):
+        _, objects = render_scene(np.random.default_rng([seed, i]))
+        truths = [question_targets(q, objects) for q in questions]
+        if all(t and (kind != "refer" or len(t) == 1) for kind, t in truths):
+            return i
+    raise ValueError(f"no scene of seed {seed} among the first {limit} answers every question")
+
+
+def demo_failures(names: Sequence[str], truth: Sequence[str], mask_ious: Sequence[float]) -> list[str]:
+    """What went wrong in one answer (DEMO_FAILURES; [] = right): predicted target names vs the true ones (as
+    multisets), then, with the names right, each mask vs its object. A surplus name the truth also has is a
+    duplicated name; a surplus name the truth lacks is a wrong object while a true one is missing, else an extra
+    target; true names left over are missed targets."""
+    said = [n.strip().lower() for n in names]
+    missing = list(truth)
+    for n in said:
+        if n in missing:
+            missing.remove(n)
+    surplus = list(said)
+    for n in truth:
+        if n in surplus:
+            surplus.remove(n)
+    out = []
+    for n in surplus:
+        if n in truth:
+            out.append("duplicated name")
+        elif missing:
+            missing.pop(0)
+            out.append("wrong object")
+        else:
+            out.append("extra target")
+    out += ["missed target"] * len(missing)
+    if not out and any(iou < DEMO_MASK_IOU for iou in mask_ious):
+        out.append("bad mask")
+    return out
+
+
+def demo_answer(engine: Engine, question: str, objects: Sequence[SceneObject], sampling: SamplingConfig,
+                image_shape: tuple[int, int]) -> dict:
+    """Ask one demo question on the engine's current image and score it (the truth: question_targets)."""
+    kind, targets = question_targets(question, objects)
+    r = engine.ask(question, sampling)
+    pred = np.stack([t.mask for t in r.targets]) if r.targets else np.zeros((0, *image_shape), bool)
+    gt = np.stack([o.mask for o in targets]) if targets else np.zeros((0, *image_shape), bool)
+    _, _, iou = iou_matrix(pred, gt)
+    rows, cols = linear_sum_assignment(-iou) if iou.size else ([], [])
+    truth = [o.name for o in targets]
+    failures = demo_failures([t.phrase for t in r.targets], truth, [float(iou[i, j]) for i, j in zip(rows, cols)])
+    return {"question": question, "kind": kind, "answer": r.answer, "said": [t.phrase for t in r.targets],
+            "truth": truth, "right": not failures, "names_right": failures in ([], ["bad mask"]),
+            "failures": failures, "stop_reason": r.stop_reason,
+            "pred_masks": pred, "true_masks": gt}
+
+
+def evaluate_demo(engine: Engine, scenes: Sequence[int], sampling: SamplingConfig, seed: int = DEMO_SEED,
+                  questions: Sequence[str] = DEMO_QUESTIONS) -> dict:
+    """`make demo`'s questions on the demo camera's scenes (render_scene(default_rng([seed, i])), i in `scenes`),
+    asked with `sampling` (the node's defaults). Per question: accuracy, failure kinds, gIoU / cIoU / count
+    (Metrics, each scene one image); per scene: the answers. A question is right when its targets' names are the
+    true ones (as a multiset) and each mask overlaps its object with IoU >= DEMO_MASK_IOU; `names_right` counts
+    the answers whose names are right whatever the masks. Failure counts are answers with that failure."""
+    per_scene, metrics = [], {q: Metrics() for q in questions}
+    for i in tqdm(scenes, desc="demo", leave=False):
+        image, objects = render_scene(np.random.default_rng([seed, i]))
+        engine.set_image(image, image_key=f"demo scene {seed}:{i}")
+        answers = []
+        for q in questions:
+            a = demo_answer(engine, q, objects, sampling, image.shape[:2])
+            metrics[q].add(a.pop("pred_masks"), a.pop("true_masks"), image=i)
+            answers.append(a)
+        per_scene.append({"scene": i, "objects": [o.name for o in sorted(objects, key=lambda o: o.x)],
+                          "right": sum(a["right"] for a in answers), "answers": answers})
+    by_question = {}
+    for k, q in enumerate(questions):
+        answers = [s["answers"][k] for s in per_scene]
+        by_question[q] = {"right": sum(a["right"] for a in answers), "asked": len(answers),
+                          "names_right": sum(a["names_right"] for a in answers),
+                          "accuracy": sum(a["right"] for a in answers) / len(answers) if answers else float("nan"),
+                          "failures": {f: sum(f in a["failures"] for a in answers) for f in DEMO_FAILURES},
+                          **metrics[q].summary()}
+    report = {"seed": seed, "scenes": list(scenes),
+              "sampling": {k: getattr(sampling, k) for k in ("max_new_tokens", "max_targets", "repetition_ngram",
+                                                             "repetition_count")},
+              "right": sum(s["right"] for s in per_scene), "asked": len(per_scene) * len(questions),
+              "names_right": sum(b["names_right"] for b in by_question.values()),
+              "scenes_all_right": sum(s["right"] == len(questions) for s in per_scene),
+              "failures": {f: sum(b["failures"][f] for b in by_question.values()) for f in DEMO_FAILURES},
+              "by_question": by_question, "per_scene": per_scene}
+    return report
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 def write_examples(shown: list[tuple[Sample, Prediction]], path: Path, width: int = 320) -> None:
@@ -381,6 +513,10 @@ def main(argv=None) -> int:
                     help="out-of-domain answers: held-out photographs + procedural images (randomize.ood_eval_set), "
                          "with the node's default guards and with the engine's defaults (no guards)")
     ap.add_argument("--ood-questions", type=int, default=4, help="--ood: questions per image")
+    ap.add_argument("--demo", action="store_true",
+                    help="`make demo`'s questions on the demo camera's scenes (seed 0, scenes 0..--demo-scenes - 1 "
+                         "and the demo's own scene), with the node's default guards; right / failure kinds per question")
+    ap.add_argument("--demo-scenes", type=int, default=20, help="--demo: scenes 0..N-1 (the demo camera's cycle)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
@@ -397,7 +533,17 @@ def main(argv=None) -> int:
                                      sampling=SamplingConfig(max_new_tokens=limit)))
         if args.adapter:
             engine.load_adapter(args.adapter)
-    if args.ood:
+    if args.demo:
+        if engine is None or args.muse or args.ood:
+            ap.error("--demo asks a model: give --model (and no --muse / --ood)")
+        from pixellm_ros.scenes import DEMO_SCENE
+        report = evaluate_demo(engine, range(args.demo_scenes), node_sampling())
+        report["demo_scene"] = evaluate_demo(engine, [DEMO_SCENE], node_sampling())["per_scene"][0]
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report_demo.json").write_text(json.dumps(report, indent=2))
+        report.pop("per_scene")
+    elif args.ood:
         if engine is None or args.muse:
             ap.error("--ood asks a model: give --model (and no --muse)")
         from .data.randomize import ood_eval_set
