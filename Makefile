@@ -14,7 +14,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The ROS and reliability tests STRESS_ROUNDS times while busy loops keep every core busy; a pass/fail table
-# per test (scripts/test_stress.py). Extra arguments: make test-stress STRESS_ARGS="--rounds 3 -- tests/ros -k ask".
+# per test (scripts/test_stress.py). Extra arguments: make test-stress STRESS_ARGS="--rounds 3 -- tests/node -k ask".
 STRESS_ROUNDS ?= 5
 STRESS_ARGS ?=
 test-stress: setup

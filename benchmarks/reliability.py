@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "ros"), str(ROOT / "tests" / "reliability")]
+sys.path[:0] = [str(ROOT)]
 _spec = importlib.util.spec_from_file_location("pixellm_test_env", ROOT / "tests" / "conftest.py")
 _spec.loader.exec_module(importlib.util.module_from_spec(_spec))  # ROS isolation, as in the tests
 
@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     import torch
 
-    from faults import run_faults
-    from flood import run_flood
-    from fuzz import run_fuzz
-    from node_fixtures import build_scripted_model
-    from security import data_path_probe, resume_pickle_probe, scan_loads
-    from train_faults import run_train_kills
+    from tests.reliability.faults import run_faults
+    from tests.reliability.flood import run_flood
+    from tests.reliability.fuzz import run_fuzz
+    from tests.reliability.security import data_path_probe, resume_pickle_probe, scan_loads
+    from tests.reliability.train_faults import run_train_kills
+    from tests.support.node_fixtures import build_scripted_model
 
     torch.set_num_threads(1)
     q = args.quick

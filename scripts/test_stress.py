@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TESTS = ["tests/ros", "tests/reliability"]
+DEFAULT_TESTS = ["tests/node", "tests/package", "tests/reliability"]
 
 
 def _busy(nice: int) -> None:

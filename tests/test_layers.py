@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from import_graph import PACKAGE, ROOT, imported_modules, is_ros_package, python_files
+from tests.support.import_graph import PACKAGE, ROOT, imported_modules, is_ros_package, python_files
 
 # layer: (files, the pixellm_ros modules it may use)
 DOWNWARDS = {

@@ -2,34 +2,15 @@
 built once per session, and a copy of it taught (teacher forcing) to emit planned answers."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_checkpoint, whatever pytest's import mode
-
-from tiny_checkpoint import (SEG_TOKENS, TinyCheckpoint, answer_ids, build_tiny_official_checkpoint,  # noqa: E402
-                             synthetic_image, teach_answers)
-
-from pixellm_ros.model import (ImageFeatures, ImagePrefix, PixelLMForCausalLM, PixelLMTokenizer,  # noqa: E402
-                               ProcessedImage, load_pixellm, prefill_image, preprocess_image)
-
-REPO = Path(__file__).resolve().parents[2]
-OFFICIAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "pixellm_official_tiny"
-KEYS_DOC = REPO.parent / "shared" / "design" / "pixellm_checkpoint_keys.md"
-
-SEG = " ".join(SEG_TOKENS)
-Q_ONE = "Where is the cat?"
-Q_THREE = "Segment the rocket, the tower and the sky."
-Q_SEVEN = "Show me the dog."
-PLANNED = {
-    Q_ONE: f"It is {SEG} .",  # one target
-    Q_THREE: f"Here they are: the rocket {SEG} , the tower {SEG} and the sky {SEG} .",  # three targets
-    Q_SEVEN: f"The dog is {SEG} [SEG0] .",  # one target + one stray codebook token
-}
+from pixellm_ros.model import (ImageFeatures, ImagePrefix, PixelLMForCausalLM, PixelLMTokenizer, ProcessedImage,
+                               load_pixellm, prefill_image, preprocess_image)
+from tests.support.tiny_checkpoint import (PLANNED, TinyCheckpoint, answer_ids, build_tiny_official_checkpoint,
+                                           synthetic_image, teach_answers)
 
 
 @pytest.fixture(scope="session", autouse=True)

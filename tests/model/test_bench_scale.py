@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from pixellm_ros.model import load_pixellm
-from tiny_checkpoint import official_config
+from tests.support.tiny_checkpoint import official_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import Q_ONE, Q_THREE
+from tests.support.tiny_checkpoint import Q_ONE, Q_THREE
 from pixellm_ros.model import (CheckpointError, PixelLMTokenizer, generate, load_pixellm,
                                prefill_image, save_pixellm)
-from tiny_checkpoint import ADDED_TOKENS, VISION_FOLDER
+from tests.support.tiny_checkpoint import ADDED_TOKENS, VISION_FOLDER
 
 
 def copy_checkpoint(tiny_ckpt, dst: Path) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
-from conftest import OFFICIAL_FIXTURE, PLANNED, Q_ONE, Q_SEVEN, Q_THREE, synthetic_image
+from tests.support.tiny_checkpoint import OFFICIAL_FIXTURE, PLANNED, Q_ONE, Q_SEVEN, Q_THREE, synthetic_image
 
 from pixellm_ros.engine import Engine, resolve_compile
 from pixellm_ros.model import (SamplingConfig, generate, generate_batch, load_pixellm, prefill_image,

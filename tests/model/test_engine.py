@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PLANNED, Q_ONE, Q_THREE, synthetic_image
+from tests.support.tiny_checkpoint import PLANNED, Q_ONE, Q_THREE, synthetic_image
 
 from pixellm_ros.chat import main as chat_main
 from pixellm_ros.engine import Engine, EngineConfig, resolve_device, resolve_dtype

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLANNED, Q_ONE, Q_SEVEN, Q_THREE
+from tests.support.tiny_checkpoint import PLANNED, Q_ONE, Q_SEVEN, Q_THREE
 from pixellm_ros.model import (SamplingConfig, TargetEvent, TextEvent, generate, generate_batch,
                                generate_recompute, prefill_image, stream)
 from pixellm_ros.model.answer_text import target_phrase

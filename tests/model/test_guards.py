@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PLANNED, Q_THREE
+from tests.support.tiny_checkpoint import PLANNED, Q_THREE
 from pixellm_ros.model import SamplingConfig, generate, generate_batch
 from pixellm_ros.model.compiled import CompiledDecoder
 from pixellm_ros.model.factory import ScriptedAnswer

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import KEYS_DOC
+from tests.support.tiny_checkpoint import KEYS_DOC
 from pixellm_ros.model import PixelLMConfig, PixelLMForCausalLM
 
 SIZES = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import OFFICIAL_FIXTURE
+from tests.support.tiny_checkpoint import OFFICIAL_FIXTURE
 from pixellm_ros.model import build_prompt, preprocess_image
 from pixellm_ros.model.processing import PIXEL_MEAN, PIXEL_STD, resized_shape
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import Q_ONE, synthetic_image
+from tests.support.tiny_checkpoint import Q_ONE, synthetic_image
 from torch import nn
 
 from pixellm_ros.engine import Engine, EngineConfig

@@ -13,20 +13,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node_fixtures import ROOT, Client, NodeProcess
+from tests.support.node_fixtures import ROOT, Client, NodeProcess
 from pixellm_ros.messages import STATUS_NAMES
 from pixellm_ros.msg import Query
 from pixellm_ros.srv import Segment
 
 log = logging.getLogger("reliability")
-HERE = Path(__file__).resolve().parent
 
 
 class ChildNode(NodeProcess):
     """The node process of node_fixtures, optionally started from another module (faulty_node.py)."""
 
     def __init__(self, log_path: Path, module: str = "pixellm_ros.node", **params) -> None:
-        paths = () if module == "pixellm_ros.node" else (str(ROOT), str(HERE))
+        paths = () if module == "pixellm_ros.node" else (str(ROOT),)
         super().__init__(log_path, module=module, pythonpath=paths, **params)
 
     def rss_mb(self) -> float | None:

@@ -12,8 +12,8 @@ from training.data.labelme import CocoDataset, LabelmeDataset
 from training.data.muse import MuseDataset, compressed_counts, decode_segmentation
 from training.data.sample import SEG_PLACEHOLDER, DataError
 
-from muse_fixtures import (ANN, H, W, box, compressed_rle, inst, polygon_and_rle_record, rect_poly, uncompressed_rle,
-                           write_image)
+from tests.support.muse_fixtures import (ANN, H, W, box, compressed_rle, inst, polygon_and_rle_record, rect_poly,
+                                         uncompressed_rle, write_image)
 
 # pycocotools' decode under numpy 2 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -10,7 +10,7 @@ import pytest
 from pixellm_ros.engine import Engine
 from training.evaluate import main
 
-from muse_fixtures import ANN, H, W, box, inst, polygon_and_rle_record, rect_poly, write_image
+from tests.support.muse_fixtures import ANN, H, W, box, inst, polygon_and_rle_record, rect_poly, write_image
 
 # pycocotools' decode under numpy 2 (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -4,7 +4,6 @@ and on a quantized base; checkpointing changes no gradient; bad configs are refu
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from training.modeling import (TrainingModel, add_lora, checkpointing_wanted, co
                                enable_gradient_checkpointing)
 from training.train import latest_checkpoint, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import config, metrics, run_cli  # noqa: E402
+from tests.training.test_train import config, metrics, run_cli
 
 pytest.importorskip("bitsandbytes")
 QLORA = dict(model={"quantization": "4bit", "gradient_checkpointing": True, "token_rows": "new"},

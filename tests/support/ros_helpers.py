@@ -99,14 +99,17 @@ def spin_future(executor: Executor, future: Future, what: str, peer: "Peer | Non
 
 
 class Peer:
-    """The other side of a cross-process test: `python ros_peer.py MODE ARGS...` with this run's ROS env."""
+    """The other side of a cross-process test: `python -m tests.support.ros_peer MODE ARGS...` (from the repository
+    root, so that `tests` imports) with this run's ROS env."""
 
-    SCRIPT = Path(__file__).with_name("ros_peer.py")
+    MODULE = "tests.support.ros_peer"
+    CWD = Path(__file__).resolve().parents[2]
 
     def __init__(self, python: str, log_path: Path, *args: str):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([python, str(self.SCRIPT), *args], stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([python, "-m", self.MODULE, *args], cwd=self.CWD, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         if not self._log.closed:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from import_graph import PACKAGE, ROOT, imported_modules, is_ros_package, python_files  # tests/ (conftest.py)
+from tests.support.import_graph import (PACKAGE, ROOT, imported_modules, is_ros_package,  # tests/ (conftest.py)
+                                        python_files)
 
 
 def package_deps() -> dict[str, set[str]]:

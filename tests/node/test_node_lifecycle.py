@@ -11,7 +11,8 @@ from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import State, Transition
 from std_msgs.msg import Header
 
-from node_fixtures import DEADLINE_S, NODE, Camera, Client, Lifecycle, NodeProcess, image_msg, sample_rgb, spin_future, start_node  # noqa: F401
+from tests.support.node_fixtures import (DEADLINE_S, NODE, Camera, Client, Lifecycle, NodeProcess,  # noqa: F401
+                                         image_msg, sample_rgb, spin_future, start_node)
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import Segment

@@ -9,8 +9,8 @@ from std_msgs.msg import Header
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import Segment
-from ros_helpers import (ANSWER, ASK_ACTION, DEADLINE_S, SEGMENT_SERVICE, SLOW_PREFIX, sample_masks, spin_future,
-                         spin_until)
+from tests.support.ros_helpers import (ANSWER, ASK_ACTION, DEADLINE_S, SEGMENT_SERVICE, SLOW_PREFIX, sample_masks,
+                                       spin_future, spin_until)
 
 pytestmark = pytest.mark.ros
 

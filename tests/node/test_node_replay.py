@@ -9,7 +9,8 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from sensor_msgs.msg import Image
 
-from node_fixtures import DEADLINE_S, ROOT, Camera, sample_rgb, start_node  # noqa: F401 (start_node: fixture)
+from tests.support.node_fixtures import (DEADLINE_S, ROOT, Camera, sample_rgb,  # noqa: F401 (start_node: fixture)
+                                         start_node)
 from pixellm_ros.msg import Query, SegmentationResult as S
 
 pytestmark = pytest.mark.ros

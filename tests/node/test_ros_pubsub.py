@@ -4,7 +4,7 @@ import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from pixellm_ros.msg import SegmentationResult
-from ros_helpers import RESULT_TOPIC, sample_masks, sample_result, spin_until
+from tests.support.ros_helpers import RESULT_TOPIC, sample_masks, sample_result, spin_until
 
 pytestmark = pytest.mark.ros
 

@@ -26,7 +26,7 @@ def start(module: str, *args: str, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> int:
-    from ros_helpers import STOP_TIMEOUT_S
+    from tests.support.ros_helpers import STOP_TIMEOUT_S
 
     demo.stop(proc, proc.args[2], timeout_s=STOP_TIMEOUT_S)
     return proc.returncode
@@ -34,7 +34,7 @@ def stop(proc: subprocess.Popen) -> int:
 
 def test_demo_camera_publishes_frames_and_camera_info(ros_node, tmp_path):
     from rclpy.qos import qos_profile_sensor_data
-    from ros_helpers import spin_until
+    from tests.support.ros_helpers import spin_until
     from sensor_msgs.msg import CameraInfo, Image
 
     node, executor = ros_node
@@ -80,7 +80,7 @@ def test_demo_camera_image_folder_and_errors(tmp_path):
 
 def test_demo_planner_against_a_stand_in_service(ros_node, tmp_path):
     from rclpy.qos import qos_profile_sensor_data
-    from ros_helpers import bbox, mask_image, rgb_to_mask, spin_until
+    from tests.support.ros_helpers import bbox, mask_image, rgb_to_mask, spin_until
     from sensor_msgs.msg import Image
 
     from pixellm_ros.conversions import rgb_to_msg

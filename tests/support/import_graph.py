@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "pixellm_ros"
 # Module names that are ROS packages even where no ament index is installed.
 ROS_NAME = re.compile(r"^(rclpy|rcl_\w+|rosidl_\w+|ament_\w+|launch|launch_\w+|\w+_msgs|\w+_srvs|\w+_interfaces"

@@ -40,6 +40,20 @@ VISION_FOLDER = "clip-vit-tiny-test-patch14-336"
 SEG_TOKENS = [f"[SEG{i}]" for i in range(6)]
 ADDED_TOKENS = SEG_TOKENS + ["<im_start>", "<im_end>"]
 
+# The questions the taught tiny model answers (tests/model/conftest.py: `taught`) and their planned answers.
+SEG = " ".join(SEG_TOKENS)
+Q_ONE = "Where is the cat?"
+Q_THREE = "Segment the rocket, the tower and the sky."
+Q_SEVEN = "Show me the dog."
+PLANNED = {
+    Q_ONE: f"It is {SEG} .",  # one target
+    Q_THREE: f"Here they are: the rocket {SEG} , the tower {SEG} and the sky {SEG} .",  # three targets
+    Q_SEVEN: f"The dog is {SEG} [SEG0] .",  # one target + one stray codebook token
+}
+REPO = Path(__file__).resolve().parents[2]
+OFFICIAL_FIXTURE = REPO.parent / "shared" / "fixtures" / "pixellm_official_tiny"
+KEYS_DOC = REPO.parent / "shared" / "design" / "pixellm_checkpoint_keys.md"
+
 TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=4)
 TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,

@@ -16,7 +16,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 import pixellm_ros.outputs as outputs_module
-from node_fixtures import ROOT, image_msg, sample_rgb
+from tests.support.node_fixtures import ROOT, image_msg, sample_rgb
 from pixellm_ros.messages import detections_msg
 from pixellm_ros.msg import Query, SegmentationResult as S, TargetMask
 from pixellm_ros.node import PixelLMNode, resolve_adapter

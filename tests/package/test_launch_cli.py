@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ros_helpers import DEADLINE_S, STOP_TIMEOUT_S
+from tests.support.ros_helpers import DEADLINE_S, STOP_TIMEOUT_S
 
 pytestmark = pytest.mark.ros
 

@@ -39,7 +39,7 @@ from pixellm_ros.model.factory import tiny_random_pixellm
 from pixellm_ros.model.generation import split_prompt
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import LoadAdapter, Segment
-from ros_helpers import DEADLINE_S, Peer, spin_future, spin_until  # noqa: F401 (re-exported)
+from tests.support.ros_helpers import DEADLINE_S, Peer, spin_future, spin_until  # noqa: F401 (re-exported)
 
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = ROOT / "config" / "pixellm.yaml"

@@ -1,7 +1,7 @@
 """Peer process for the cross-process ROS tests (run by ros_helpers.Peer, never collected by pytest).
 
-    python ros_peer.py publish SEED   publish ros_helpers.sample_result(SEED) once a subscriber matched
-    python ros_peer.py serve          serve the Segment service and the Ask action with a stand-in model
+    python -m tests.support.ros_peer publish SEED   publish ros_helpers.sample_result(SEED) once a subscriber matched
+    python -m tests.support.ros_peer serve          serve the Segment service and the Ask action with a stand-in model
 
 Runs until SIGINT. Exit codes: 0 ok, 2 no subscriber matched within the deadline.
 """
@@ -20,8 +20,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import SegmentationResult
 from pixellm_ros.srv import Segment
-from ros_helpers import (ANSWER, ASK_ACTION, DEADLINE_S, RESULT_TOPIC, SEGMENT_SERVICE, SLOW_PREFIX, TARGET_WORDS,
-                         rgb_to_mask, sample_masks, sample_result, target)
+from tests.support.ros_helpers import (ANSWER, ASK_ACTION, DEADLINE_S, RESULT_TOPIC, SEGMENT_SERVICE, SLOW_PREFIX,
+                                       TARGET_WORDS, rgb_to_mask, sample_masks, sample_result, target)
 
 RESULT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
