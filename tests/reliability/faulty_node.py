@@ -21,6 +21,7 @@ import torch
 import pixellm_ros.node as node_module
 from pixellm_ros.answering import Answering
 from pixellm_ros.engine import Engine
+from pixellm_ros.model import streaming
 
 _question: dict[str, str] = {}
 
@@ -28,6 +29,7 @@ _question: dict[str, str] = {}
 def _patch() -> None:
     real_stream, real_set_image, real_on_query = Engine.stream, Engine.set_image, node_module.PixelLMNode._on_query
 
+    @streaming  # like Engine.stream: a Stream of the events and the Result
     def stream(self, question: str, *args, **kwargs):
         if question.startswith("FAULT:runtime"):
             raise RuntimeError("injected fault: the model failed")
