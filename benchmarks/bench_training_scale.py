@@ -106,6 +106,7 @@ def make_batch(tokenizer, image_size: int):
 def run_row(spec: dict) -> dict:
     """In this process: build the trainer's model for the recipe, run `steps` optimizer steps on one batch."""
     from training.config import TrainConfig
+    from training.losses import RELEASE_TERMS, TOTAL
     from training.modeling import combine_losses
     from training.train import build
     torch.set_num_threads(spec["threads"])
@@ -138,14 +139,14 @@ def run_row(spec: dict) -> dict:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             parts = model(batch["pixels"], batch["items"], tokenizer.seg_token_ids)
             out = combine_losses(parts, parts["tokens"], parts["masks"], cfg.loss)
-        out["loss"].backward()
+        out[TOTAL].backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         steps.append(time.perf_counter() - t)
-        losses.append({key: float(out[key].detach()) for key in ("loss", "ce", "bce", "dice")})
+        losses.append({key: float(out[key].detach()) for key in (TOTAL, *(t.key for t in RELEASE_TERMS))})
         _progress(spec, f"step {k + 1}: {steps[-1]:.1f} s, loss {losses[-1]['loss']:.5f}, "
                         f"peak RSS {vm_hwm() / 2 ** 30:.2f} GiB")
     row.update(step_s=steps, first_step_losses=losses[0], losses=losses, answer_tokens=len(batch["items"][0].answer_ids),

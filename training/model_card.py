@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from .data.randomize import HELDOUT_PHOTOS
+from .losses import LOSS_TERMS, RELEASE_TERMS, TOTAL
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 AIM_GIOU, AIM_COUNT = 0.75, 0.90
@@ -71,9 +72,7 @@ class Stage:
     def row(self, k: int) -> str:
         c = self.config
         loss = c["loss"]
-        terms = [f"{loss['ce_weight']} CE", f"{loss['bce_weight']} BCE", f"{loss['dice_weight']} DICE"]
-        terms += [f"{loss['overlap_weight']} target refinement"] if loss.get("overlap_weight") else []
-        terms += [f"{loss['naming_weight']} prompt naming (training-only head)"] if loss.get("naming_weight") else []
+        terms = [f"{loss[t.weight_field]} {t.label}" for t in LOSS_TERMS if t.release or loss.get(t.weight_field)]
         data = "; ".join(_source_text(s) for s in self.config["data"]["sources"])
         stop = f" (schedule for {c['steps']} steps, stopped and exported at step {self.stopped_at})" if self.stopped_at else ""
         reinit = f"; re-initialised first: {', '.join(c['reinit_modules'])}" if c.get("reinit_modules") else ""
@@ -234,7 +233,7 @@ fine-tune on your own data.
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
 {pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen; AdamW, warm-up then linear decay; batches of fresh samples (each seen once) |
 | time | {total:.0f} min of training on {hardware} (from the runs' metrics.csv) |
-| final training loss | {last.get('loss', '?')} (CE {last.get('ce', '?')}, BCE {last.get('bce', '?')}, DICE {last.get('dice', '?')}) |
+| final training loss | {last.get(TOTAL, '?')} ({', '.join(f"{t.label} {last.get(t.key, '?')}" for t in RELEASE_TERMS)}) |
 
 ## Held-out metrics (synthetic stream with a seed never used in training)
 

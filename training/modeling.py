@@ -15,11 +15,12 @@ from torch import nn
 from pixellm_ros.model import PixelLMForCausalLM
 
 from .config import AUTO_CHECKPOINT_MIN_HIDDEN, DTYPE_NAMES, LoraConfig, LossConfig, ModelConfig, TrainConfig
-from .losses import bce_per_mask, dice_per_mask, overlap_per_mask
+from .losses import CE, LOSS_TERMS, MASKS, NAMING, TOKENS, TOTAL, LossTerm
 
 
 NAMING_TEMPERATURE = 16.0
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+PIXEL_TERMS = tuple(t for t in LOSS_TERMS if t.of_masks is not None)  # computed from each answer's masks
 
 
 class TrainingModel(nn.Module):
@@ -67,7 +68,7 @@ class TrainingModel(nn.Module):
         target = torch.stack([F.pad(lab, (0, length - lab.shape[0]), value=-100) for lab in labels])
         ce_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target[:, 1:].flatten(), ignore_index=-100,
                                  reduction="sum")
-        bce, dice, overlap, naming = [], [], [], []
+        per_mask: dict[LossTerm, list[torch.Tensor]] = {t: [] for t in LOSS_TERMS if t.per == MASKS}
         for i, (it, f) in enumerate(zip(items, feats)):
             if not seg_pos[i]:
                 continue
@@ -75,17 +76,14 @@ class TrainingModel(nn.Module):
             prompts = m.codebook_embeddings(states)
             pred = m.decode_masks(f, prompts).float()
             gt = it.masks.to(device)
-            bce.append(bce_per_mask(pred, gt))
-            dice.append(dice_per_mask(pred, gt))
-            overlap.append(overlap_per_mask(pred, gt))
+            for term in PIXEL_TERMS:
+                per_mask[term].append(term.of_masks(pred, gt))
             if self.naming_head is not None and it.target_name_ids:
-                naming.append(self._naming(prompts, it.target_name_ids))
+                per_mask[NAMING].append(self._naming(prompts, it.target_name_ids))
         zero = hidden.sum() * 0
-        return {"ce_sum": ce_sum, "tokens": (target[:, 1:] != -100).sum(),
-                "bce_sum": torch.cat(bce).sum() if bce else zero, "dice_sum": torch.cat(dice).sum() if dice else zero,
-                "overlap_sum": torch.cat(overlap).sum() if overlap else zero,
-                "naming_sum": torch.cat(naming).sum() if naming else zero,
-                "masks": torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
+        return {CE.sum_key: ce_sum, TOKENS: (target[:, 1:] != -100).sum(),
+                **{t.sum_key: torch.cat(v).sum() if v else zero for t, v in per_mask.items()},
+                MASKS: torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
 
     def _naming(self, prompts: torch.Tensor, names: list[list[int]]) -> torch.Tensor:
         """(N, scales, C) prompts -> (N,) mean NLL of each target's name tokens read off each scale's prompt."""
@@ -101,13 +99,11 @@ def combine_losses(parts: dict[str, torch.Tensor], tokens: torch.Tensor, masks: 
     token-mean CE and mask-mean BCE / DICE; with several it gives the same gradient as one process
     with the whole batch.
     """
-    tokens, masks = tokens.clamp(min=1).float(), masks.clamp(min=1).float()
-    terms = {"ce": parts["ce_sum"] / tokens, "bce": parts["bce_sum"] / masks, "dice": parts["dice_sum"] / masks,
-             "overlap": parts["overlap_sum"] / masks, "naming": parts["naming_sum"] / masks}
-    terms = {k: v * world for k, v in terms.items()}  # the mean over processes is the global value
-    loss = (cfg.ce_weight * terms["ce"] + cfg.bce_weight * terms["bce"] + cfg.dice_weight * terms["dice"]
-            + cfg.overlap_weight * terms["overlap"] + cfg.naming_weight * terms["naming"])
-    return {"loss": loss, **terms}
+    counts = {TOKENS: tokens.clamp(min=1).float(), MASKS: masks.clamp(min=1).float()}
+    # times world: the mean over processes is the global value
+    terms = {t.key: parts[t.sum_key] / counts[t.per] * world for t in LOSS_TERMS}
+    loss = sum(t.weight(cfg) * terms[t.key] for t in LOSS_TERMS)
+    return {TOTAL: loss, **terms}
 
 
 def select_trainable(model: TrainingModel, cfg: TrainConfig) -> list[str]:

@@ -32,11 +32,12 @@ from pixellm_ros.model import load_pixellm
 
 from .config import TrainConfig
 from .data.dataset import IndexedBatches, MixtureStream
+from .losses import LOG_KEYS, LOSS_TERMS, MASKS, RELEASE_TERMS, TOKENS, TOTAL
 from .modeling import (DTYPES, TrainingModel, add_lora, cast_trainable, checkpointing_wanted, combine_losses,
                        enable_gradient_checkpointing, select_trainable, train_new_token_rows)
 
 log = logging.getLogger("training")
-METRIC_KEYS = ("loss", "ce", "bce", "dice", "overlap", "naming")
+TOKEN_PANEL = {TOTAL, *(t.key for t in LOSS_TERMS if t.per == TOKENS)}  # metrics.png: left panel, the rest right
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -97,9 +98,9 @@ def plot_metrics(csv_path: Path, png_path: Path) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    for k in METRIC_KEYS:
+    for k in LOG_KEYS:
         vals = [float(r[k]) for r in rows]
-        ax[0 if k in ("loss", "ce") else 1].plot(steps, vals, label=k)
+        ax[0 if k in TOKEN_PANEL else 1].plot(steps, vals, label=k)
     for a, title in zip(ax, ("loss / token CE", "mask losses")):
         a.set_xlabel("step")
         a.set_title(title)
@@ -190,13 +191,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     seg_ids = tokenizer.seg_token_ids
     csv_path = out / "metrics.csv"
     if accelerator.is_main_process and (start_step == 0 or not csv_path.exists()):
-        csv_path.write_text("step,lr,samples_per_s," + ",".join(METRIC_KEYS) + "\n")
+        csv_path.write_text("step,lr,samples_per_s," + ",".join(LOG_KEYS) + "\n")
     elif accelerator.is_main_process:
         _truncate_csv(csv_path, start_step)
     writer = _tensorboard(out) if accelerator.is_main_process else None
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train",
                disable=not accelerator.is_main_process)
-    sums, t_log, n_log, last_log = {k: 0.0 for k in METRIC_KEYS}, time.perf_counter(), 0, start_step
+    sums, t_log, n_log, last_log = {k: 0.0 for k in LOG_KEYS}, time.perf_counter(), 0, start_step
     for step in bar:
         for micro in range(cfg.grad_accum):
             batch = batches.next_batch()
@@ -204,10 +205,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 parts = model(batch["pixels"], batch["items"], seg_ids)
-                counts = accelerator.reduce(torch.stack([parts["tokens"], parts["masks"]]).float(), reduction="sum")
+                counts = accelerator.reduce(torch.stack([parts[TOKENS], parts[MASKS]]).float(), reduction="sum")
                 losses = combine_losses(parts, counts[0], counts[1], cfg.loss, accelerator.num_processes)
-                accelerator.backward(losses["loss"] / cfg.grad_accum)
-            for k in METRIC_KEYS:
+                accelerator.backward(losses[TOTAL] / cfg.grad_accum)
+            for k in LOG_KEYS:
                 sums[k] += float(losses[k].detach()) / cfg.grad_accum
             n_log += len(batch["items"]) * accelerator.num_processes
         if cfg.max_grad_norm:
@@ -224,12 +225,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if accelerator.is_main_process:
                 with csv_path.open("a") as f:
                     f.write(f"{done},{scheduler.get_last_lr()[0]:.6g},{rate:.3f}," +
-                            ",".join(f"{means[k]:.6f}" for k in METRIC_KEYS) + "\n")
+                            ",".join(f"{means[k]:.6f}" for k in LOG_KEYS) + "\n")
                 if writer:
                     for k, v in means.items():
                         writer.add_scalar(f"train/{k}", v, done)
-                bar.set_postfix(loss=f"{means['loss']:.3f}", ce=f"{means['ce']:.3f}", dice=f"{means['dice']:.3f}")
-            sums, t_log, n_log = {k: 0.0 for k in METRIC_KEYS}, time.perf_counter(), 0
+                bar.set_postfix({k: f"{means[k]:.3f}" for k in (TOTAL, *(t.key for t in RELEASE_TERMS))})
+            sums, t_log, n_log = {k: 0.0 for k in LOG_KEYS}, time.perf_counter(), 0
             if not all(math.isfinite(v) for v in means.values()):
                 raise FloatingPointError(f"non-finite loss at step {done}: {means}")
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
