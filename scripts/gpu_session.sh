@@ -7,8 +7,10 @@
 # release + eager + compiled + the transformers peer, then 13B bf16 if time is left (< 8 min on one H100).
 # A lent machine has 15 minutes of device time in all (start-up included) and 10 minutes per command, so STEPS
 # picks the parts, one call each: STEPS=scale (default; < 9.5 min), STEPS=tests (~2 min), STEPS="pretrain bench"
-# (the older session's benchmarks, ~6 min), or "all" (too long for one call).
-# Results under $OUT: scale_cuda.json + scale_*.txt (written as rows finish), pretrained_tower.tgz, bench.tgz
+# (the older session's benchmarks, ~6 min), STEPS=standing (drafts for standing queries, issue #23; ~5-8 min), or
+# "all" (too long for one call).
+# Results under $OUT: scale_cuda.json + scale_*.txt (written as rows finish), standing_cuda.json + standing_*.txt,
+# pretrained_tower.tgz, bench.tgz
 # (at most 8 files come back).
 set -u
 STEPS=${STEPS:-scale}; want() { [[ " $STEPS " == *" $1 "* || " $STEPS " == *" all "* ]]; }
@@ -59,6 +61,21 @@ if (( left > 150 )); then
   rm -rf /tmp/scale_cache/7b   # disk: 64 GB
   timeout $left $SC --size 13b --precision bf16 --path eager compiled --timeout 80 2>&1 | grep -v "^  wrote" \
     | tee "$OUT/scale_13b_bf16.txt"
+fi
+fi
+if want standing; then
+# Issue #23: standing queries with the previous answer as a draft vs regenerating, at the released 7B's full depth
+# (32 LLaMA layers, CLIP-L's 24; random weights, answers scripted from the visible objects) and on the embedded model;
+# bf16 first, float32 (where `exact` is the 1e-5 mask-logit check) with the time left. The 7B weights are drawn on
+# the CPU (fp32, ~28 GB of the machine's 128 GB) and moved: ~1-2 min per dtype. ~5-8 min in all.
+el "standing queries (benchmarks/bench_standing.py): 7B depth + embedded, bf16"
+$PY -c "import cv2" 2>/dev/null || echo "standing: no cv2 (opencv-python-headless) here: pixellm_ros.scenes needs it"
+ST="$PY benchmarks/bench_standing.py --device cuda --llm-layers 32 --clip-layers 24 --frames 8 --repeats 2 --out $OUT"
+timeout 330 $ST --configs 7b-shaped embedded --dtype bfloat16 2>&1 | tee "$OUT/standing_bf16.txt"
+left=$(( 560 - ($(date +%s) - T0) ))
+if (( left > 150 )); then
+  el "standing queries, 7B depth, float32 (${left} s left)"
+  timeout $left $ST --configs 7b-shaped --scenarios steady cut --dtype float32 2>&1 | tee "$OUT/standing_fp32.txt"
 fi
 fi
 el done
