@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pixellm_ros.model import (SamplingConfig, generate, generate_recompute, prefill_image,  # noqa: E402
                                preprocess_image)
 from pixellm_ros.model.config import VisionConfig  # noqa: E402
-from pixellm_ros.model.factory import (LLAMA_7B, TINY_LLM, TINY_VISION, ScriptedAnswer, default_corpus,  # noqa: E402
+from pixellm_ros.model.scratch import (LLAMA_7B, TINY_LLM, TINY_VISION, ScriptedAnswer, default_corpus,  # noqa: E402
                                        make_config, random_model, train_tokenizer)
 
 

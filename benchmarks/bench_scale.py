@@ -170,7 +170,7 @@ def _tokenizer_files(dst: Path, tokenizer: str | None) -> tuple[int, str]:
         return base, f"llama-{base}" if base == 32000 else f"copied-{base}"
     if tokenizer and tokenizer != "train":
         raise FileNotFoundError(f"--tokenizer {tokenizer}: no tokenizer.model there")
-    from pixellm_ros.model.factory import default_corpus, train_tokenizer
+    from pixellm_ros.model.scratch import default_corpus, train_tokenizer
     tok = train_tokenizer(default_corpus(), vocab_size=300)
     tok.save(dst)
     return tok.sp.get_piece_size(), f"trained-{tok.sp.get_piece_size()}"

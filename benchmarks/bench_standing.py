@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from pixellm_ros.model import (Generation, SamplingConfig, generate, load_pixellm, prefill_image,  # noqa: E402
                                preprocess_image)
 from pixellm_ros.model.config import VisionConfig  # noqa: E402
-from pixellm_ros.model.factory import (LLAMA_7B, ScriptedAnswer, default_corpus, make_config, random_model,  # noqa: E402
+from pixellm_ros.model.scratch import (LLAMA_7B, ScriptedAnswer, default_corpus, make_config, random_model,  # noqa: E402
                                        train_tokenizer)
 from pixellm_ros.scenes import render_scene  # noqa: E402
 

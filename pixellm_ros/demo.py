@@ -76,7 +76,7 @@ def ensure_model(model: str | None, out: Path, params_file: Path = PARAMS_FILE) 
     folder = out / "tiny_random_model"
     if not (folder / "config.json").is_file():
         from .model import save_pixellm
-        from .model.factory import tiny_random_pixellm
+        from .model.scratch import tiny_random_pixellm
 
         m, tok = tiny_random_pixellm(seed=0)
         save_pixellm(m, tok, folder)

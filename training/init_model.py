@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pixellm_ros.model import save_pixellm
 from pixellm_ros.model.config import VisionConfig
-from pixellm_ros.model.factory import LLAMA_7B, TINY_LLM, TINY_VISION, default_corpus, make_config, random_model, train_tokenizer
+from pixellm_ros.model.scratch import LLAMA_7B, TINY_LLM, TINY_VISION, default_corpus, make_config, random_model, train_tokenizer
 
 from .data.synthetic import domain_text
 

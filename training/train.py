@@ -120,7 +120,7 @@ def build(cfg: TrainConfig, device):
     model, tokenizer = load_pixellm(cfg.base_model, cfg.vision_tower, device=device if quantized else "cpu",
                                     dtype=DTYPES[mc.dtype], quantization=mc.quantization)
     if cfg.reinit_modules:
-        from pixellm_ros.model.factory import init_weights
+        from pixellm_ros.model.scratch import init_weights
         gen = torch.Generator().manual_seed(cfg.seed)
         for name in cfg.reinit_modules:
             init_weights(model.get_submodule(name), generator=gen)

@@ -21,7 +21,7 @@ from tests.support.tiny_checkpoint import Q_ONE, Q_SEVEN, Q_THREE
 from pixellm_ros.model import SamplingConfig, generate, load_pixellm, prefill_image, preprocess_image
 from pixellm_ros.model import drafts
 from pixellm_ros.model.compiled import CompiledDecoder
-from pixellm_ros.model.factory import tiny_random_pixellm
+from pixellm_ros.model.scratch import tiny_random_pixellm
 from tests.support.tiny_checkpoint import synthetic_image
 
 REPO = Path(__file__).resolve().parents[2]

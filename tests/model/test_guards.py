@@ -8,7 +8,7 @@ import pytest
 from tests.support.tiny_checkpoint import PLANNED, Q_THREE
 from pixellm_ros.model import SamplingConfig, generate, generate_batch
 from pixellm_ros.model.compiled import CompiledDecoder
-from pixellm_ros.model.factory import ScriptedAnswer
+from pixellm_ros.model.scratch import ScriptedAnswer
 from pixellm_ros.model.answer_text import ends_in_word_run, tail_repeats
 from pixellm_ros.params import ConfigError, configure, load_defaults
 

@@ -251,7 +251,7 @@ def test_muse_record_without_questions_asks_per_category(muse):
 
 
 def test_prefetching_workers_give_the_same_batches_and_position():
-    from pixellm_ros.model.factory import tiny_random_pixellm
+    from pixellm_ros.model.scratch import tiny_random_pixellm
     from training.config import DataConfig, SourceConfig
     from training.data.dataset import IndexedBatches, MixtureStream
 

@@ -104,7 +104,7 @@ def test_bad_prediction_files_stop_the_run_with_a_reason(muse_file, tmp_path, na
 
 def test_a_model_is_asked_every_question_with_each_image_encoded_once(muse_file, tmp_path, monkeypatch):
     from pixellm_ros.model import save_pixellm
-    from pixellm_ros.model.factory import tiny_random_pixellm
+    from pixellm_ros.model.scratch import tiny_random_pixellm
 
     model, tok = tiny_random_pixellm(0)
     save_pixellm(model, tok, tmp_path / "model")

@@ -8,7 +8,7 @@ import pytest
 
 from pixellm_ros.engine import Engine, EngineConfig
 from pixellm_ros.model import SamplingConfig
-from pixellm_ros.model.factory import ScriptedAnswer
+from pixellm_ros.model.scratch import ScriptedAnswer
 from training.data.sample import Sample
 from training.evaluate import evaluate_ood, longest_word_run, main, node_sampling, ood_summary
 
@@ -16,7 +16,7 @@ from training.evaluate import evaluate_ood, longest_word_run, main, node_samplin
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from pixellm_ros.model import save_pixellm
-    from pixellm_ros.model.factory import tiny_random_pixellm
+    from pixellm_ros.model.scratch import tiny_random_pixellm
 
     model, tok = tiny_random_pixellm(0)
     path = tmp_path_factory.mktemp("tiny") / "model"
