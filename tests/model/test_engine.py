@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import cv2
 import numpy as np
@@ -61,14 +62,9 @@ def test_ask_returns_answer_targets_and_timings(engine, rgb, taught):
 
 def test_stream_yields_targets_before_the_answer_ends(engine, rgb):
     engine.set_image(rgb)
-    gen = engine.stream(Q_THREE)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    s = engine.stream(Q_THREE)
+    events = list(s)
+    result = s.result
     kinds = [type(e).__name__ for e in events]
     assert kinds.count("TargetEvent") == 3
     assert kinds.index("TargetEvent") < len(kinds) - 1  # the first mask comes before the last token
@@ -76,6 +72,21 @@ def test_stream_yields_targets_before_the_answer_ends(engine, rgb):
     assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))  # streamed text only grows
     assert [e.target.index for e in events if isinstance(e, TargetEvent)] == [0, 1, 2]
     assert result.answer.startswith("Here they are")
+
+
+def test_stream_closed_mid_answer_frees_the_engine(engine, rgb):
+    """A stream abandoned mid-answer (close) gives the engine's lock back: another thread can answer."""
+    engine.set_image(rgb)
+    s = engine.stream(Q_THREE)
+    next(s)
+    s.close()
+    with pytest.raises(RuntimeError, match="closed before its end"):
+        s.result
+    out = []
+    other = threading.Thread(target=lambda: out.append(engine.ask(Q_ONE)), daemon=True)
+    other.start()
+    other.join(60)
+    assert not other.is_alive() and out[0].stop_reason == "eos" and len(out[0].targets) == 1
 
 
 def test_ask_many_matches_single_questions(engine, rgb):
@@ -103,7 +114,6 @@ def test_bad_inputs_are_clear_errors(engine, rgb):
 
 
 def test_max_new_tokens_and_cancel(engine, rgb):
-    import threading
     engine.set_image(rgb)
     short = engine.ask(Q_THREE, SamplingConfig(max_new_tokens=4))
     assert len(short.token_ids) == 4 and short.stop_reason == "max_new_tokens"

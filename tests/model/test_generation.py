@@ -22,15 +22,12 @@ def recompute(t, question, sampling=None):
 
 def run_stream(t, question, sampling=None, cancel=None, on_event=None):
     events = []
-    gen = stream(t.model, t.tok, t.feats, t.prefix, question, sampling, cancel)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return events, stop.value
+    s = stream(t.model, t.tok, t.feats, t.prefix, question, sampling, cancel)
+    for ev in s:
         events.append(ev)
         if on_event is not None:
             on_event(ev)
+    return events, s.result
 
 
 def test_teaching_converged(taught):
@@ -209,13 +206,8 @@ def test_cancel_from_another_thread(taught):
     out = {}
 
     def worker():
-        gen = stream(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE,
-                     SamplingConfig(logits_processor=slow_down), cancel)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            out["g"] = stop.value
+        out["g"] = stream(taught.model, taught.tok, taught.feats, taught.prefix, Q_THREE,
+                          SamplingConfig(logits_processor=slow_down), cancel).run()
 
     def slow_down(ids, logits):
         if len(ids) == 3:

@@ -18,6 +18,7 @@ from std_msgs.msg import Header
 import pixellm_ros.outputs as outputs_module
 from tests.support.node_fixtures import ROOT, image_msg, sample_rgb
 from pixellm_ros.messages import detections_msg
+from pixellm_ros.model import streaming
 from pixellm_ros.msg import Query, SegmentationResult as S, TargetMask
 from pixellm_ros.node import PixelLMNode, resolve_adapter
 from pixellm_ros.outputs import import_vision_msgs
@@ -144,9 +145,9 @@ def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatc
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        yield  # a generator, like Engine.stream
+        yield  # a generator function, for streaming()
 
-    monkeypatch.setattr(engine, "stream", oom)
+    monkeypatch.setattr(engine, "stream", streaming(oom))  # a Stream, like Engine.stream
     result = _ask(local_node, "oom")
     assert result.status == S.MODEL_ERROR and "out of device memory" in result.status_message and freed
     monkeypatch.setattr(engine, "stream", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))

@@ -16,7 +16,7 @@ from std_msgs.msg import Header
 from pixellm_ros.conversions import rgb_to_msg
 from pixellm_ros.engine import Result
 from pixellm_ros.frame_cache import CameraSet, Frame
-from pixellm_ros.model import TextEvent
+from pixellm_ros.model import TextEvent, streaming
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.params import NodeConfig, load_defaults
 from pixellm_ros.answering import Drafts
@@ -86,6 +86,7 @@ class Engine:
     def set_image(self, rgb, key=None):
         self.images.append((key, time.monotonic()))
 
+    @streaming  # a Stream of the events and the Result, like Engine.stream
     def stream(self, question, cancel=None, draft=None):
         self.drafts.append(draft)
         self.started.release()
