@@ -76,6 +76,10 @@ def test_demo_camera_image_folder_and_errors(tmp_path):
         FrameSource(0, 1, 1, image_folder=str(tmp_path / "missing"))
     synthetic = FrameSource(seed=3, num_scenes=2, frames_per_scene=1)
     assert synthetic.frame(0).shape == (240, 320, 3) and np.array_equal(synthetic.frame(2), synthetic.frame(0))
+    held = FrameSource(seed=3, num_scenes=1, frames_per_scene=5, first_scene=1)  # make demo: one scene only
+    assert len(held) == 5 and all(np.array_equal(held.frame(k), synthetic.frame(1)) for k in (0, 4, 5, 13))
+    with pytest.raises(ValueError, match="first_scene"):
+        FrameSource(0, 1, 1, first_scene=-1)
 
 
 def test_demo_planner_against_a_stand_in_service(ros_node, tmp_path):

@@ -202,3 +202,15 @@ def test_rviz_config_shows_the_node_outputs():
                       "/pixellm/masks/label": "rviz_default_plugins/Image",
                       "/pixellm/masks/target_1": "rviz_default_plugins/Image",
                       "/pixellm/points": "rviz_default_plugins/PointCloud2"}
+
+
+def test_demo_camera_holds_the_demo_scene(fakes):
+    """make demo asks every question of one known scene (pixellm_ros.scenes.DEMO_SCENE unless scene:= says)."""
+    from pixellm_ros.scenes import DEMO_SCENE, DEMO_SEED
+
+    for arguments, scene in (({}, str(DEMO_SCENE)), ({"scene": "7"}, "7")):
+        nodes, _, context = run_launch_file(ROOT / "launch" / "demo.launch.py", arguments)
+        (camera,) = [n for n in nodes if n.kwargs["executable"] == "demo_camera"]
+        (params,) = camera.kwargs["parameters"]
+        assert {k: value(v, context) for k, v in params.items() if k != "rate_hz"} == {
+            "seed": DEMO_SEED, "num_scenes": 1, "first_scene": scene}
