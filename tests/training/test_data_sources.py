@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.labelme import CocoDataset, LabelmeDataset
-from training.data.muse import MuseDataset, compressed_counts, decode_segmentation
+from training.data.coco import CocoDataset
+from training.data.common import compressed_counts, decode_segmentation
+from training.data.labelme import LabelmeDataset
+from training.data.muse import MuseDataset
 from training.data.sample import SEG_PLACEHOLDER, DataError
 
 from tests.support.muse_fixtures import (ANN, H, W, box, compressed_rle, inst, polygon_and_rle_record, rect_poly,

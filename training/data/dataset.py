@@ -88,7 +88,7 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
         from .labelme import LabelmeDataset
         ds = LabelmeDataset(src.path)
     elif src.kind == "coco":
-        from .labelme import CocoDataset
+        from .coco import CocoDataset
         ds = CocoDataset(src.path, src.image_root)
     else:
         raise ValueError(f"unknown data source kind {src.kind!r}")

@@ -1,4 +1,4 @@
-"""Your own images as Samples: labelme files (drawn by hand) and COCO instance files.
+"""Your own images as Samples: labelme files (drawn by hand). COCO instance files: coco.py.
 
 labelme (`LabelmeDataset(folder)`): every `*.json` of the folder is one labelme file (`imagePath`
 relative to it, or `imageData` base64; `imageHeight`, `imageWidth`; `shapes` with `label`,
@@ -16,10 +16,6 @@ label, "Segment every {label}.", with one "{seg}" per instance. Files whose `sha
 empty and that have no filled question are skipped (and counted in the log). labelme keeps
 unknown top-level keys when it saves, so "questions" survives editing in labelme.
 
-COCO (`CocoDataset(annotation_json, image_root)`): one sample per (image, category):
-"Segment every {category}." with one mask per instance. Pairs with a crowd annotation are left
-out (a crowd region is many instances in one mask).
-
 Bad records raise DataError naming the file and the index.
 """
 from __future__ import annotations
@@ -28,7 +24,6 @@ import base64
 import json
 import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,23 +32,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .muse import find_image, image_size, instance_mask, read_rgb, readable
+from .common import instances_answer, read_rgb, readable
 from .sample import SEG_PLACEHOLDER, DataError, Sample, confined
 
 log = logging.getLogger(__name__)
 
 REGION_TYPES = ("polygon", "rectangle", "circle")
-
-
-def instances_answer(label: str, n: int) -> str:
-    """"The cup is {seg}." / "The cup {seg}, the cup {seg} and the cup {seg}." / a no-target answer."""
-    if n == 0:
-        return f"There is no {label} in the image."
-    if n == 1:
-        return f"The {label} is {SEG_PLACEHOLDER}."
-    parts = [f"the {label} {SEG_PLACEHOLDER}"] * n
-    s = ", ".join(parts[:-1]) + " and " + parts[-1]
-    return s[:1].upper() + s[1:] + "."
 
 
 def shape_mask(shape: dict, height: int, width: int) -> np.ndarray:
@@ -269,55 +253,3 @@ class LabelmeDataset:
         if h is not None and w is not None and (int(h), int(w)) != image.shape[:2]:
             raise DataError(f"{where}: image is {image.shape[0]}x{image.shape[1]}, file says {h}x{w}")
         return image
-
-
-class CocoDataset:
-    """One Sample per (image, category) of a COCO instances file: "Segment every {category}."."""
-
-    def __init__(self, annotation_json: str | Path, image_root: str | Path = "") -> None:
-        self.path = Path(annotation_json)
-        self.image_root = Path(image_root) if str(image_root) else self.path.parent
-        try:
-            data = json.loads(self.path.read_text())
-            images = {int(im["id"]): im for im in data["images"]}
-            self.categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-            anns = data["annotations"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{self.path}: not a COCO instances file: {e!r}") from e
-        groups: dict[tuple[int, int], list[tuple[int, dict]]] = defaultdict(list)
-        crowded = set()
-        self.broken: list[str] = []
-        for k, a in enumerate(anns):
-            try:
-                key = (int(a["image_id"]), int(a["category_id"]))
-            except (KeyError, TypeError, ValueError):
-                self.broken.append(f"annotation {k}: needs image_id and category_id")
-                continue
-            if a.get("iscrowd"):
-                crowded.add(key)
-            groups[key].append((k, a))
-        self.images, self.groups = images, dict(groups)
-        self.pairs = [key for key in sorted(groups) if key not in crowded]
-        if crowded:
-            log.info("%s: left out %d (image, category) pairs with crowd annotations", self.path, len(crowded))
-
-    def __len__(self) -> int:
-        return len(self.pairs) + len(self.broken)
-
-    def __getitem__(self, i: int) -> Sample:
-        if i >= len(self.pairs):
-            raise DataError(f"{self.path}: {self.broken[i - len(self.pairs)]}")
-        image_id, cat = self.pairs[i]
-        where = f"{self.path}: sample {i} (image {image_id}, category {cat})"
-        info = self.images.get(image_id)
-        if info is None:
-            raise DataError(f"{where}: no such image in 'images'")
-        if cat not in self.categories:
-            raise DataError(f"{where}: no such category in 'categories'")
-        h, w = image_size(info, where)
-        masks = [instance_mask(a, h, w, f"{where}: annotation {k}") for k, a in self.groups[(image_id, cat)]]
-        image = find_image(self.image_root, info, (h, w), where)
-        name = readable(self.categories[cat])
-        return Sample(image=image, question=f"Segment every {name}.", answer=instances_answer(name, len(masks)),
-                      masks=np.stack(masks), names=[name] * len(masks),
-                      source=where).validate()
