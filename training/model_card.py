@@ -15,7 +15,8 @@ the exact commands that reproduce it, and the held-out metrics. `--stages` lists
 `--previous-card` continues the card of the model the run started from, when the earlier stages' run folders are
 gone: its stage rows, training time, reproduce commands and notes are kept and the run becomes the next stage.
 `--ood DIR` adds the out-of-domain table (`python -m training.evaluate --ood --out DIR`), with `--ood-baseline`
-(the model it started from) beside it.
+(the model it started from) beside it; `--demo DIR` / `--demo-baseline DIR` likewise the `make demo` table
+(`python -m training.evaluate --demo --out DIR`).
 """
 from __future__ import annotations
 
@@ -135,6 +136,23 @@ def ood_table(reports: dict[str, dict]) -> str:
     return head + "".join(rows)
 
 
+def demo_table(reports: dict[str, dict]) -> str:
+    """Markdown rows of `evaluate --demo` reports ({model label: report_demo.json}): right / names right per
+    question on the camera's scenes, failure kinds, and the demo's own scene."""
+    questions = list(next(iter(reports.values()))["by_question"])
+    kinds = list(next(iter(reports.values()))["failures"])
+    head = ("| model | right | names right | " + " | ".join(f'"{q}"' for q in questions) + " | "
+            + " | ".join(kinds) + " | demo scene |\n" + "|---" * (4 + len(questions) + len(kinds)) + "|\n")
+    rows = []
+    for label, r in reports.items():
+        scene = r.get("demo_scene")
+        rows.append(f"| {label} | {r['right']}/{r['asked']} | {r['names_right']}/{r['asked']} | "
+                    + " | ".join(f"{b['right']}/{b['asked']}" for b in r["by_question"].values()) + " | "
+                    + " | ".join(str(r["failures"][k]) for k in kinds) + " | "
+                    + (f"{scene['right']}/{len(scene['answers'])}" if scene else "-") + " |\n")
+    return head + "".join(rows)
+
+
 def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
@@ -162,18 +180,21 @@ def reproduce(stages: list[Stage], final: Stage, eval_dir: Path, out: Path, ques
 def write_card(run: Path, eval_dir: Path, out: Path, preset: str = "embedded",
                hardware: str = "2 CPU cores (shared with other work), no GPU", notes: str = "",
                stages: list[str] | None = None, previous_card: Path | None = None, ood: Path | None = None,
-               ood_baseline: Path | None = None) -> Path:
+               ood_baseline: Path | None = None, demo: Path | None = None, demo_baseline: Path | None = None) -> Path:
     final = Stage.parse(str(run))
     earlier = [Stage.parse(s) for s in stages or []]
     prev = PreviousCard.parse(previous_card.read_text()) if previous_card else None  # read before `out` goes
     ood_reports = {label: json.loads((d / "report_ood.json").read_text())
                    for label, d in (("before (the base model)", ood_baseline), ("this model", ood)) if d}
+    demo_reports = {label: json.loads((d / "report_demo.json").read_text())
+                    for label, d in (("before (the base model)", demo_baseline), ("this model", demo)) if d}
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(run / "model", out)
     for src, name in ((run / "metrics.png", "training_curves.png"), (eval_dir / "examples.png", "heldout_examples.png"),
                       (eval_dir / "report.json", "heldout_report.json"),
-                      *(((ood / "report_ood.json", "ood_report.json"),) if ood else ())):
+                      *(((ood / "report_ood.json", "ood_report.json"),) if ood else ()),
+                      *(((demo / "report_demo.json", "demo_report.json"),) if demo else ())):
         if src.is_file():
             shutil.copy(src, out / name)
     report = json.loads((eval_dir / "report.json").read_text())
@@ -203,6 +224,9 @@ def write_card(run: Path, eval_dir: Path, out: Path, preset: str = "embedded",
     if ood:
         commands[-1:] = [f"python -m training.evaluate --model {final.run}/model --ood --out {ood}",
                          commands[-1].replace(f" --out {out}", f" --ood {ood} --out {out}")]
+    if demo:
+        commands[-1:] = [f"python -m training.evaluate --model {final.run}/model --demo --out {demo}",
+                         commands[-1].replace(f" --out {out}", f" --demo {demo} --out {out}")]
     commands = "\n".join((prev.reproduce if prev else []) + commands)
     ood_section = "" if not ood_reports else f"""
 ## Out-of-domain answers (`python -m training.evaluate --ood`)
@@ -215,6 +239,18 @@ answer is always "There is no such object in the image."; "bounded": at most 8 t
 5 times in a row; "cut by a guard": stopped by `max_targets` or the repetition stop.
 
 {ood_table(ood_reports)}"""
+    if demo_reports:
+        d = next(iter(demo_reports.values()))
+        ood_section += f"""
+## `make demo`'s questions (`python -m training.evaluate --demo`)
+
+The demo planner's {len(d['by_question'])} questions on each of the demo camera's first {len(d['scenes'])} scenes (seed
+{d['seed']}) with the node's default guards, scored by the synthetic domain's answer rules: "right" = the targets'
+names are the true ones and each mask overlaps its object with IoU >= 0.5; "names right" ignores the masks. Failure
+kinds count answers (one answer can have several). "demo scene": the one scene `make demo` shows
+(`pixellm_ros.scenes.DEMO_SCENE`, scene {d.get('demo_scene', {}).get('scene', '?')}).
+
+{demo_table(demo_reports)}"""
     card = f"""# pixellm_tabletop — the embedded default model
 
 A small PixelLM-structured model (same module tree and code paths as PixelLM-7B: CLIP-architecture vision
@@ -270,10 +306,12 @@ def main(argv=None) -> int:
     ap.add_argument("--previous-card", type=Path, help="the base model's MODEL_CARD.md: continue its stages")
     ap.add_argument("--ood", type=Path, help="folder of `training.evaluate --ood` on this model")
     ap.add_argument("--ood-baseline", type=Path, help="folder of `training.evaluate --ood` on the base model")
+    ap.add_argument("--demo", type=Path, help="folder of `training.evaluate --demo` on this model")
+    ap.add_argument("--demo-baseline", type=Path, help="folder of `training.evaluate --demo` on the base model")
     args = ap.parse_args(argv)
     print(write_card(Path(args.run), Path(args.eval), Path(args.out), args.preset, args.hardware,
                      args.notes.read_text() if args.notes else "", args.stages, args.previous_card, args.ood,
-                     args.ood_baseline))
+                     args.ood_baseline, args.demo, args.demo_baseline))
     return 0
 
 

@@ -80,3 +80,29 @@ def test_a_further_stage_continues_the_shipped_card_when_the_old_runs_are_gone(t
     assert "| this model | engine defaults (no guards) | 4 | 0.75 | 0.50 | 0.00 |" in card
     assert card.index("Stage 1 learned") < card.index("Stage 2 learned") and card.count("## Notes") == 1
     assert (out / "ood_report.json").is_file()
+
+
+def _demo(folder, right):
+    by_question = {q: {"right": right, "asked": 2, "names_right": 2} for q in ("Where is the red cup?", "Cut?")}
+    folder.mkdir()
+    (folder / "report_demo.json").write_text(json.dumps({
+        "seed": 0, "scenes": [0, 1], "right": 2 * right, "names_right": 4, "asked": 4, "by_question": by_question,
+        "failures": {"wrong object": 2 - right, "bad mask": 0}, "demo_scene": {"scene": 113, "right": right,
+                                                                             "answers": [{}, {}]}}))
+    return folder
+
+
+def test_the_demo_table_compares_the_model_with_its_base(tmp_path):
+    run = _run(tmp_path, "s1", tmp_path / "init", 20)
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "report.json").write_text(json.dumps({"questions": 10, "gIoU": 0.8, "cIoU": 0.8,
+                                                         "target_count_accuracy": 0.95}))
+    out = write_card(run, evaluation, tmp_path / "shipped", demo=_demo(tmp_path / "d2", 2),
+                     demo_baseline=_demo(tmp_path / "d1", 1))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert '| model | right | names right | "Where is the red cup?" | "Cut?" | wrong object | bad mask | demo scene |' in card
+    assert "| before (the base model) | 2/4 | 4/4 | 1/2 | 1/2 | 1 | 0 | 1/2 |" in card
+    assert "| this model | 4/4 | 4/4 | 2/2 | 2/2 | 0 | 0 | 2/2 |" in card and "scene 113" in card
+    assert f"python -m training.evaluate --model {run}/model --demo --out {tmp_path / 'd2'}" in card
+    assert f"--demo {tmp_path / 'd2'} --out {tmp_path / 'shipped'}" in card and (out / "demo_report.json").is_file()
