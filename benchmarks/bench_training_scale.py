@@ -107,7 +107,7 @@ def run_row(spec: dict) -> dict:
     """In this process: build the trainer's model for the recipe, run `steps` optimizer steps on one batch."""
     from training.config import TrainConfig
     from training.losses import RELEASE_TERMS, TOTAL
-    from training.modeling import combine_losses
+    from training.objective import combine_losses
     from training.train import build
     torch.set_num_threads(spec["threads"])
     row = {"size": spec["size"], "layers": spec["layers"], "recipe": spec["recipe"], "device": spec["device"],

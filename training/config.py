@@ -4,9 +4,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pixellm_ros.model.adapters import LoraSpec
 
 
 @dataclass
@@ -18,8 +21,13 @@ class LoraConfig:
     # Only the LLM's attention projections (the decoder and CLIP have q_proj/v_proj too).
     target_modules: str = r"model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
+    def spec(self) -> LoraSpec:
+        """What `add_lora` injects (the model layer's type: pixellm_ros never imports training)."""
+        from pixellm_ros.model.adapters import LoraSpec
+        return LoraSpec(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=self.target_modules)
 
-# Modules whose layers gradient checkpointing can recompute (see modeling.enable_gradient_checkpointing).
+
+# Modules whose layers gradient checkpointing can recompute (see memory.enable_gradient_checkpointing).
 CHECKPOINTABLE = ("llm", "vision_tower")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 TOKEN_ROWS = ("all", "new")
@@ -52,7 +60,7 @@ class LossConfig:
     dice_weight: float = 0.5
     overlap_weight: float = 0.0  # target refinement: extra BCE on pixels claimed by >= 2 targets (0 = off)
     # Training-only head: each target's fused codebook prompt must name its target (the tokens of its name).
-    # For LLMs trained from scratch, whose codebook states start target-agnostic (see training/modeling.py).
+    # For LLMs trained from scratch, whose codebook states start target-agnostic (see training/objective.py).
     naming_weight: float = 0.0
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 
 from pixellm_ros.model import load_pixellm, save_pixellm
-from pixellm_ros.model.adapters import apply_adapter, lora_layers, save_adapter
+from pixellm_ros.model.adapters import apply_adapter, lora_layers, merge_lora, save_adapter
 
 from .config import TrainConfig
-from .modeling import DTYPES, fold_token_rows, merge_lora
+from .memory import DTYPES, fold_token_rows
 
 
 def saved_modules(cfg: TrainConfig) -> list[str]:

@@ -29,12 +29,14 @@ import yaml
 from tqdm import tqdm
 
 from pixellm_ros.model import load_pixellm
+from pixellm_ros.model.adapters import add_lora
 
 from .config import TrainConfig
 from .data.dataset import IndexedBatches, MixtureStream
 from .losses import LOG_KEYS, LOSS_TERMS, MASKS, RELEASE_TERMS, TOKENS, TOTAL
-from .modeling import (DTYPES, TrainingModel, add_lora, cast_trainable, checkpointing_wanted, combine_losses,
-                       enable_gradient_checkpointing, select_trainable, train_new_token_rows)
+from .memory import (DTYPES, cast_trainable, checkpointing_wanted, enable_gradient_checkpointing, select_trainable,
+                     train_new_token_rows)
+from .objective import TrainingModel, combine_losses
 
 log = logging.getLogger("training")
 TOKEN_PANEL = {TOTAL, *(t.key for t in LOSS_TERMS if t.per == TOKENS)}  # metrics.png: left panel, the rest right
@@ -125,7 +127,7 @@ def build(cfg: TrainConfig, device):
         for name in cfg.reinit_modules:
             init_weights(model.get_submodule(name), generator=gen)
     if cfg.lora.enabled:
-        add_lora(model, cfg.lora)
+        add_lora(model, cfg.lora.spec())
     tm = TrainingModel(model, cfg.loss)
     if mc.token_rows == "new":
         train_new_token_rows(model, min(tokenizer.added_tokens.values()), DTYPES[mc.trainable_dtype])

@@ -1,4 +1,4 @@
-"""LoRA adapters made by training/: save, apply to a loaded model, remove again.
+"""LoRA on PixelLM: inject and merge (training/), and the adapters training writes: save, apply, remove.
 
 An adapter folder holds ``adapter_config.json`` and ``adapter_model.safetensors``: the LoRA matrices
 of the LLM's target linears plus the full weights of the modules the run trained besides LoRA (in the
@@ -9,6 +9,8 @@ checkpoint on disk, so no second copy of the weights is kept in memory. Uses pef
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,9 +25,56 @@ ADAPTER_FORMAT = "pixellm_ros-lora-1"
 ADAPTER_NAME = "default"
 
 
+@dataclass(frozen=True)
+class LoraSpec:
+    """The LoRA to inject (training.config.LoraConfig, the YAML schema and its defaults, hands its fields over)."""
+
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: str  # a regular expression that must match a linear layer's whole name
+
+
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     from peft.tuners.lora import LoraLayer
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def lora_target_names(model: nn.Module, pattern: str) -> list[str]:
+    """Names of the linear layers whose whole name matches `pattern`."""
+    regex = re.compile(pattern)
+    return [n for n, mod in model.named_modules() if isinstance(mod, nn.Linear) and regex.fullmatch(n)]
+
+
+def _inject(model: nn.Module, targets: list[str], r: int, alpha: int, dropout: float) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                       bias="none"), model, adapter_name=ADAPTER_NAME)
+
+
+def add_lora(model: PixelLMForCausalLM, spec: LoraSpec) -> list[str]:
+    """Inject peft LoRA layers into the LLM's target linears (in place), to train. Returns the wrapped names."""
+    targets = lora_target_names(model, spec.target_modules)
+    if not targets:
+        raise ValueError(f"LoRA target pattern {spec.target_modules!r} matches no linear layer")
+    _inject(model, targets, spec.r, spec.alpha, spec.dropout)
+    return targets
+
+
+def merge_lora(model: PixelLMForCausalLM) -> int:
+    """Fold every LoRA layer into its base linear and remove it (the release's merge). Returns count."""
+    return _unwrap(model, merge=True)
+
+
+def _unwrap(model: nn.Module, merge: bool) -> int:
+    """Put each LoRA layer's base linear back in its place, with the LoRA update folded in or dropped."""
+    layers = lora_layers(model)
+    for name, module in layers.items():
+        if merge:
+            module.merge()
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    return len(layers)
 
 
 def save_adapter(model: PixelLMForCausalLM, folder: str | Path, saved_modules: list[str], lora: dict,
@@ -63,7 +112,6 @@ def read_adapter_config(folder: str | Path) -> dict:
 
 def apply_adapter(model: PixelLMForCausalLM, folder: str | Path) -> dict:
     """Inject the adapter's LoRA layers and load all its tensors. The model must have no adapter."""
-    from peft import LoraConfig, inject_adapter_in_model
     if lora_layers(model):
         raise RuntimeError("an adapter is already applied: remove it first")
     cfg = read_adapter_config(folder)
@@ -71,8 +119,7 @@ def apply_adapter(model: PixelLMForCausalLM, folder: str | Path) -> dict:
     missing = [t for t in cfg["target_modules"] if t not in names]
     if missing:
         raise CheckpointError(f"adapter targets layers this model lacks: {missing[:5]}")
-    inject_adapter_in_model(LoraConfig(r=cfg["r"], lora_alpha=cfg["alpha"], lora_dropout=0.0,
-                                       target_modules=cfg["target_modules"]), model, adapter_name=ADAPTER_NAME)
+    _inject(model, cfg["target_modules"], cfg["r"], cfg["alpha"], dropout=0.0)
     state = model.state_dict()
     with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f:
         for key in f.keys():
@@ -97,9 +144,7 @@ def apply_adapter(model: PixelLMForCausalLM, folder: str | Path) -> dict:
 def remove_adapter(model: PixelLMForCausalLM, base_folder: str | Path | None,
                    saved_modules: list[str] | None = None) -> None:
     """Unwrap LoRA layers (without merging) and reload `saved_modules` from the base checkpoint."""
-    for name, module in lora_layers(model).items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    _unwrap(model, merge=False)
     if base_folder is not None and saved_modules:
         state = model.state_dict()
         wanted = {k for k in state if any(k == m or k.startswith(m + ".") for m in saved_modules)}

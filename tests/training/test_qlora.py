@@ -12,13 +12,13 @@ import torch
 
 from pixellm_ros.engine import Engine
 from pixellm_ros.model import load_pixellm
-from pixellm_ros.model.adapters import apply_adapter, lora_layers
+from pixellm_ros.model.adapters import add_lora, apply_adapter, lora_layers
 from training.config import DataConfig, LossConfig, ModelConfig, SourceConfig, TrainConfig
 from training.data.dataset import IndexedBatches, MixtureStream
 from training.data.synthetic import synthetic_sample
 from training.init_model import init_model
-from training.modeling import (TrainingModel, add_lora, checkpointing_wanted, combine_losses,
-                               enable_gradient_checkpointing)
+from training.memory import checkpointing_wanted, enable_gradient_checkpointing
+from training.objective import TrainingModel, combine_losses
 from training.train import latest_checkpoint, train
 
 from tests.training.test_train import config, metrics, run_cli
@@ -87,7 +87,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(base_model, mo
     for checkpointing in (False, True):
         model, tok = load_pixellm(base_model)
         torch.manual_seed(0)  # lora_A's draw
-        add_lora(model, TrainConfig().lora)
+        add_lora(model, TrainConfig().lora.spec())
         tm = TrainingModel(model, LossConfig()).train().requires_grad_(True)
         if checkpointing:
             assert enable_gradient_checkpointing(tm, modules) == (

@@ -181,7 +181,7 @@ def test_naming_head_separates_prompts_and_is_not_exported(base_model):
     from pixellm_ros.model import load_pixellm
     from training.config import DataConfig, LossConfig, SourceConfig
     from training.data.dataset import IndexedBatches, MixtureStream
-    from training.modeling import TrainingModel, combine_losses
+    from training.objective import TrainingModel, combine_losses
 
     model, tok = load_pixellm(base_model)
     tm = TrainingModel(model, LossConfig(naming_weight=1.0)).train().requires_grad_(True)
