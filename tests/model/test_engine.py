@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import cv2
@@ -176,3 +177,27 @@ def test_chat_cli_writes_its_outputs(taught_dir, rgb, taught, tmp_path, capsys):
     assert overlay.shape[1] == rgb.shape[1] and overlay.shape[0] > rgb.shape[0]  # text band above the image
     assert (out / "answer.txt").read_text().startswith("Here they are")
     assert "target 2" in capsys.readouterr().out
+
+
+def test_chat_interactive_streams_each_answer(taught_dir, rgb, taught, tmp_path, capsys, monkeypatch):
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    lines = iter([Q_ONE, Q_THREE])
+
+    def typed(prompt: str) -> str:
+        line = next(lines, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", typed)
+    out = tmp_path / "out"
+    assert chat_main(["--model", str(taught_dir), "--image", str(image), "--out", str(out),
+                      "--device", "cpu", "--dtype", "float32"]) == 0
+    printed = capsys.readouterr().out
+    for turn, question in enumerate([Q_ONE, Q_THREE]):
+        summary = json.loads((out / f"turn_{turn:03d}" / "result.json").read_text())
+        assert summary["generated_ids"] == taught.plans[question]
+        answer = (out / f"turn_{turn:03d}" / "answer.txt").read_text().strip()
+        streamed = re.search(rf"^(.*)\nanswer: {re.escape(answer)}\n", printed, re.M)  # the line before the summary
+        assert streamed and streamed[1].replace(" ", "") == answer.replace(" ", "")  # (spaces around masks differ)
