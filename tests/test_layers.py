@@ -1,8 +1,10 @@
 """The layers of ARCHITECTURE.md, checked on the source (no import runs, no ROS needed):
 
 - model/ and engine.py never import ROS, and import only downwards (engine -> model);
-- pixellm_ros (the shipped package: node, conversions, demo tools, model, engine) never imports `training`;
-- benchmarks never import tests/ (neither its modules nor its files put on sys.path or executed).
+- pixellm_ros (the shipped package: node, conversions, demo tools, model, engine) never imports `training`, nor
+  the `reliability` drivers;
+- benchmarks/ and reliability/ (the drivers benchmarks/reliability.py and the tests share) never import tests/
+  (neither its modules nor its files put on sys.path or executed).
 """
 from __future__ import annotations
 
@@ -37,17 +39,18 @@ def test_model_and_engine_import_no_ros_and_point_down(layer):
     assert not problems, "\n".join(problems)
 
 
-def test_pixellm_ros_never_imports_training():
+def test_pixellm_ros_never_imports_training_nor_the_drivers():
     files = python_files(f"{PACKAGE}/**/*.py", "launch/**/*.py")
     assert len(files) > 10
     problems = [f"{rel(p)} imports {n}" for p in files for n in sorted(imported_modules(p))
-                if n.split(".")[0] == "training"]
+                if n.split(".")[0] in ("training", "reliability")]
     assert not problems, "\n".join(problems)
 
 
 def names_in_tests() -> set[str]:
-    """Top-level names a file of tests/ is importable as once tests/ or a folder of it is on sys.path (less the
-    repository's own packages: tests/training/ shadows nothing a benchmark imports as `training`)."""
+    """Top-level names a file of tests/ is importable as: `tests`, or, once tests/ or a folder of it is put on
+    sys.path, its files and folders (less the repository's own top-level names: tests/training/ and
+    tests/reliability/ shadow nothing a benchmark imports as `training` or `reliability`)."""
     in_tests = {p.stem for p in python_files("tests/**/*.py")} | {p.name for p in (ROOT / "tests").iterdir() if p.is_dir()}
     top_level = {p.stem for p in ROOT.iterdir() if p.is_dir() or p.suffix == ".py"} - {"tests"}
     return in_tests - top_level - {"__pycache__", "conftest"} | {"tests", "conftest"}
@@ -61,16 +64,10 @@ def benchmark_problems(path, root=ROOT) -> list[str]:
     return problems
 
 
-# benchmarks/reliability.py still runs the drivers of tests/reliability (issue #21 item 3: they become a package);
-# strict: this fails once it is fixed, so the mark goes with the fix.
-KNOWN = {"reliability.py": pytest.mark.xfail(strict=True, reason="the reliability drivers still live in tests/")}
-
-
-@pytest.mark.parametrize("name", [pytest.param(p.name, marks=KNOWN.get(p.name, ()))
-                                  for p in python_files("benchmarks/*.py")])
-def test_benchmarks_never_import_tests(name):
-    problems = benchmark_problems(ROOT / "benchmarks" / name)
-    assert not problems, f"benchmarks/{name}: " + "; ".join(problems)
+@pytest.mark.parametrize("name", [rel(p) for p in python_files("benchmarks/**/*.py", "reliability/**/*.py")])
+def test_benchmarks_and_drivers_never_import_tests(name):
+    problems = benchmark_problems(ROOT / name)
+    assert not problems, f"{name}: " + "; ".join(problems)
 
 
 def test_the_checks_see_violations(tmp_path):
@@ -80,6 +77,6 @@ def test_the_checks_see_violations(tmp_path):
     node.write_text("from training.data.synthetic import render_scene\nimport rclpy\n")
     assert {"training.data.synthetic", "rclpy"} <= imported_modules(node, tmp_path)
     bench = tmp_path / "bench.py"
-    bench.write_text('import sys\nsys.path.insert(0, str(ROOT / "tests" / "ros"))\nfrom node_fixtures import x\n')
+    bench.write_text('import sys\nsys.path.insert(0, str(ROOT / "tests" / "support"))\nfrom node_fixtures import x\n')
     assert benchmark_problems(bench, tmp_path) == ["imports node_fixtures", "imports node_fixtures.x",
                                          'names the "tests" folder (sys.path or a file of it)']

@@ -5,7 +5,6 @@ the tests marked `ros` then fail, or skip with PIXELLM_ALLOW_NO_ROS=1 (tests/con
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,7 @@ def start_peer(tmp_path: Path):
     peers = []
 
     def start(*args: str) -> Peer:
-        peer = Peer(sys.executable, tmp_path / f"peer{len(peers)}.log", *args)
+        peer = Peer(tmp_path / f"peer{len(peers)}.log", *args)
         peers.append(peer)
         return peer
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fcntl
 
-from tests.support.fastdds_shm import clean_zombie_shm
+from reliability.fastdds_shm import clean_zombie_shm
 
 
 def test_removes_dead_ports_and_segments_only(tmp_path):

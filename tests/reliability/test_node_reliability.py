@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.faults import run_faults
-from tests.reliability.flood import MAX_AGE_S, QUEUE_SIZE, run_flood
-from tests.reliability.fuzz import run_fuzz
+from reliability.faults import run_faults
+from reliability.flood import MAX_AGE_S, QUEUE_SIZE, run_flood
+from reliability.fuzz import run_fuzz
 
 pytestmark = pytest.mark.ros
 

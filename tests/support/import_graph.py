@@ -1,5 +1,5 @@
 """What the repository's Python files import, read from their source (no import runs): used by the layer test
-(tests/test_layers.py) and the package-dependency test (tests/ros/test_package_deps.py)."""
+(tests/test_layers.py) and the package-dependency test (tests/package/test_package_deps.py)."""
 from __future__ import annotations
 
 import ast

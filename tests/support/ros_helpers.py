@@ -1,30 +1,22 @@
-"""Shared by the cross-process ROS tests and their peer process (ros_peer.py): names, sample messages,
-and deadline-bounded spinning. Imports rclpy: only for tests that need ROS (see conftest.py)."""
+"""Shared by the cross-process ROS tests and their peer process (ros_peer.py): names, sample messages, the peer
+process; deadline-bounded spinning comes from reliability.node_process. Imports rclpy: only for tests that need ROS."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
+import sys
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from rclpy.executors import Executor
-from rclpy.task import Future
 from sensor_msgs.msg import Image, RegionOfInterest
 from std_msgs.msg import Header
 
 from pixellm_ros.msg import SegmentationResult, TargetMask
+from reliability.node_process import (DEADLINE_S, STOP_TIMEOUT_S, ChildProcess,  # noqa: F401 (re-exported)
+                                      spin_future, spin_until)
 
 RESULT_TOPIC = "pixellm_test/result"
 SEGMENT_SERVICE = "pixellm_test/segment"
 ASK_ACTION = "pixellm_test/ask"
-# How long a wait for an event may take before the test fails. A failure detector, not a timing assertion: every
-# wait returns as soon as its condition holds. Generous because CI runs on a loaded 2-core machine, where starting a
-# node process (torch + rclpy imports) and first discovery have taken over 15 s (3 s on an idle machine).
-DEADLINE_S = 60.0
-STOP_TIMEOUT_S = 60.0  # a process asked to exit (SIGINT) that is still there after this is killed
 ANSWER = "The cup and the bowl can hold water."
 TARGET_WORDS = {"cup": "the cup", "bowl": "the bowl"}  # word of ANSWER -> label of the target it names
 SLOW_PREFIX = "slow:"  # queries starting with this stream feedback until canceled
@@ -75,59 +67,10 @@ def rgb_to_mask(image: Image) -> np.ndarray:
     return rgb.reshape(image.height, image.width, 3)[..., 0] > 127
 
 
-class PeerDied(AssertionError):
-    pass
-
-
-def spin_until(executor: Executor, done: Callable[[], bool], what: str, peer: "Peer | None" = None,
-               timeout: float = DEADLINE_S) -> None:
-    """Spin until done() is true; fail after `timeout` s (or when the peer process exits) saying what was awaited."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if peer is not None:
-            peer.check_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
-                                 + (f"\n--- peer log ---\n{peer.log()}" if peer else ""))
-        executor.spin_once(timeout_sec=0.05)
-
-
-def spin_future(executor: Executor, future: Future, what: str, peer: "Peer | None" = None,
-                timeout: float = DEADLINE_S):
-    spin_until(executor, future.done, what, peer, timeout)
-    return future.result()
-
-
-class Peer:
+class Peer(ChildProcess):
     """The other side of a cross-process test: `python -m tests.support.ros_peer MODE ARGS...` (from the repository
     root, so that `tests` imports) with this run's ROS env."""
 
-    MODULE = "tests.support.ros_peer"
-    CWD = Path(__file__).resolve().parents[2]
-
-    def __init__(self, python: str, log_path: Path, *args: str):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([python, "-m", self.MODULE, *args], cwd=self.CWD, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise PeerDied(f"peer exited with code {self.proc.returncode}\n--- peer log ---\n{self.log()}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """Ask the peer to exit (SIGINT) and return its exit code; kill it if it does not within `timeout`."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+    def __init__(self, log_path: Path, *args: str):
+        self._start([sys.executable, "-m", "tests.support.ros_peer", *args], log_path,
+                    cwd=Path(__file__).resolve().parents[2])

@@ -24,8 +24,8 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from tests.reliability.common import Tally, final_check, log, log_problems, logged_ids, start, stop, wait_active
-from tests.support.node_fixtures import NODE, RELIABLE, build_adapter, image_msg, sample_rgb
+from reliability.common import Tally, final_check, log, log_problems, logged_ids, start, stop, wait_active
+from reliability.node_process import NODE, RELIABLE, build_adapter, image_msg, sample_rgb
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import LoadAdapter, Segment

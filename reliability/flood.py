@@ -17,8 +17,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from tests.reliability.common import Tally, final_check, log, log_problems, rss_growth, start, stop, wait_active
-from tests.support.node_fixtures import image_msg, sample_rgb
+from reliability.common import Tally, final_check, log, log_problems, rss_growth, start, stop, wait_active
+from reliability.node_process import image_msg, sample_rgb
 from pixellm_ros.action import Ask
 from pixellm_ros.conversions import stamp_ns
 from pixellm_ros.msg import Query, SegmentationResult as S

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.node_fixtures import ROOT, Client, NodeProcess
+from reliability.node_process import ROOT, Client, NodeProcess
 from pixellm_ros.messages import STATUS_NAMES
 from pixellm_ros.msg import Query
 from pixellm_ros.srv import Segment
@@ -22,7 +22,7 @@ log = logging.getLogger("reliability")
 
 
 class ChildNode(NodeProcess):
-    """The node process of node_fixtures, optionally started from another module (faulty_node.py)."""
+    """The node process of node_process.py, optionally started from another module (faulty_node.py)."""
 
     def __init__(self, log_path: Path, module: str = "pixellm_ros.node", **params) -> None:
         paths = () if module == "pixellm_ros.node" else (str(ROOT),)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from safetensors import safe_open
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(base: Path, out: Path, steps: int) -> dict:

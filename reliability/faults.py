@@ -16,8 +16,8 @@ import torch
 from lifecycle_msgs.msg import Transition
 from std_msgs.msg import Header, String
 
-from tests.reliability.common import STATUS_NAMES, log, log_problems, start, stop
-from tests.support.node_fixtures import Lifecycle, build_adapter, image_msg, sample_rgb
+from reliability.common import STATUS_NAMES, log, log_problems, start, stop
+from reliability.node_process import Lifecycle, build_adapter, image_msg, sample_rgb
 from pixellm_ros.msg import Query, SegmentationResult as S
 from pixellm_ros.srv import LoadAdapter, Segment
 
@@ -74,7 +74,7 @@ def run_faults(model: Path, workdir: Path) -> dict:
         build_adapter(model, adapters / "broken")
         data = (adapters / "broken" / "adapter_model.safetensors").read_bytes()
         (adapters / "broken" / "adapter_model.safetensors").write_bytes(data[:100])
-    node, client = start(workdir / "faults_node.log", module="tests.reliability.faulty_node", autostart=False,
+    node, client = start(workdir / "faults_node.log", module="reliability.faulty_node", autostart=False,
                          model_path=models["missing folder"], model_root=workdir / "bad_models", max_new_tokens=9,
                          adapter_dir=adapters,
                          max_image_age_s=0.0)

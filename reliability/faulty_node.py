@@ -1,6 +1,6 @@
 """The real pixellm node (pixellm_ros.node.main) with model faults injected, for the fault tests.
 
-    python -m tests.reliability.faulty_node --ros-args ...   (the node's own arguments; from the repository root)
+    python -m reliability.faulty_node --ros-args ...   (the node's own arguments; from the repository root)
 
 Everything is the node's code: ROS, the queue, the worker, the error handling. Only the model is made to fail,
 on questions that start with a fault word, as a real model can (a CPU or GPU running out of memory, a bug):

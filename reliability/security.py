@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("pixellm_ros", "training", "benchmarks")
 
 
@@ -54,7 +54,7 @@ def resume_pickle_probe(workdir: Path) -> dict:
 
     from training.init_model import init_model
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[1]
     workdir.mkdir(parents=True, exist_ok=True)
     base = init_model("tiny", workdir / "base")
     cfg = dict(base_model=str(base), output_dir=str(workdir / "run"), steps=2, batch_size=1, grad_accum=1,
