@@ -7,7 +7,7 @@ consumer would otherwise catch by hand. `Stream` keeps it: iterate for the event
 from __future__ import annotations
 
 import functools
-from typing import Callable, Generator, Generic, Iterator, ParamSpec, TypeVar
+from typing import Callable, Generator, Generic, ParamSpec, TypeVar
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -30,7 +30,7 @@ class Stream(Generic[E, R]):
         self._state = "running"  # -> "done" (result kept), "failed" (raised), "closed" (abandoned)
         self._result: R | None = None
 
-    def __iter__(self) -> Iterator[E]:
+    def __iter__(self) -> Stream[E, R]:
         return self
 
     def __next__(self) -> E:
