@@ -49,7 +49,7 @@ def node_cmd(way: str, args) -> list[str]:
 def wait_active(client, executor, way: str, args) -> None:
     """One-shot Ask goals until one is answered by something other than NOT_READY (autostart loads the model)."""
     from pixellm_ros.action import Ask
-    from pixellm_ros.msg import Query, SegmentationResult as S
+    from pixellm_ros.msg import Query, SegmentationResult
 
     end = time.monotonic() + args.call_timeout
     while time.monotonic() < end:
@@ -57,7 +57,7 @@ def wait_active(client, executor, way: str, args) -> None:
         executor.spin_until_future_complete(future, timeout_sec=args.call_timeout)
         result = future.result().get_result_async()
         executor.spin_until_future_complete(result, timeout_sec=args.call_timeout)
-        if result.result().result.result.status != S.NOT_READY:
+        if result.result().result.result.status != SegmentationResult.NOT_READY:
             return
         time.sleep(1.0)
     raise RuntimeError(f"the {way} node did not become active")
@@ -66,9 +66,9 @@ def wait_active(client, executor, way: str, args) -> None:
 def run_window(node, client, executor, way: str, args) -> dict:
     """One standing goal for --seconds on node `way`; its OK answers per second and draft counts."""
     from pixellm_ros.action import Ask
-    from pixellm_ros.msg import Query, SegmentationResult as S
+    from pixellm_ros.msg import Query, SegmentationResult
 
-    got: list[tuple[float, S]] = []
+    got: list[tuple[float, SegmentationResult]] = []
     goal = Ask.Goal(query=Query(id=f"standing-{way}", text=QUESTION), rate_hz=args.rate_hz)
     future = client.send_goal_async(goal, feedback_callback=lambda m: got.append((time.monotonic(),
                                                                                     m.feedback.standing_result))
@@ -91,11 +91,11 @@ def run_window(node, client, executor, way: str, args) -> dict:
     result = handle.get_result_async()
     executor.spin_until_future_complete(result, timeout_sec=args.call_timeout)
     window = [r for _, r in got[:n_window]]
-    ok = [r for r in window[1:] if r.status == S.OK]  # after the first answer, which starts the clock
+    ok = [r for r in window[1:] if r.status == SegmentationResult.OK]  # after the first answer, which starts the clock
     span = got[n_window - 1][0] - t0 if n_window > 1 else float("nan")
     return {"way": way, "answers": len(ok), "seconds": round(span, 3),
             "answers_per_s": round(len(ok) / span, 3) if n_window > 1 and span > 0 else 0.0,
-            "not_ok": sum(r.status != S.OK for r in window),
+            "not_ok": sum(r.status != SegmentationResult.OK for r in window),
             "mean_draft_tokens": round(statistics.mean(r.draft_tokens for r in ok), 2) if ok else 0.0,
             "mean_accepted_draft_tokens": round(statistics.mean(r.accepted_draft_tokens for r in ok), 2) if ok else 0.0,
             "answers_text": sorted({r.answer for r in ok})[:4], "load_avg": round(os.getloadavg()[0], 2)}

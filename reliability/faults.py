@@ -18,7 +18,7 @@ from std_msgs.msg import Header, String
 
 from reliability.common import STATUS_NAMES, log, log_problems, start, stop
 from reliability.node_process import Lifecycle, build_adapter, image_msg, sample_rgb
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import LoadAdapter, Segment
 
 MARKER = "pwned_by_pickle"
@@ -90,7 +90,7 @@ def run_faults(model: Path, workdir: Path) -> dict:
         def set_model(path: Path) -> None:
             assert set_param("model_path", path)
 
-        def segment(qid: str, text: str = "Where is the cup?", rgb=None) -> S:
+        def segment(qid: str, text: str = "Where is the cup?", rgb=None) -> SegmentationResult:
             image = image_msg(sample_rgb(1) if rgb is None else rgb, Header(frame_id="given"))
             request = Segment.Request(query=Query(id=qid, text=text), use_image=True, image=image)
             return client.call(client.segment, request, f"the answer to {qid}", timeout=60).result
@@ -118,7 +118,7 @@ def run_faults(model: Path, workdir: Path) -> dict:
         set_model(good)
         recovered = transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
         first = segment("after-load-faults")
-        figures["load_recovered"] = recovered and first.status == S.OK
+        figures["load_recovered"] = recovered and first.status == SegmentationResult.OK
 
         cases = [("CUDA out of memory", "FAULT:cuda_oom where is the cup?", None),
                  ("CPU out of memory", "FAULT:cpu_oom where is the cup?", None),

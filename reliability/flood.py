@@ -21,7 +21,7 @@ from reliability.common import Tally, final_check, log, log_problems, rss_growth
 from reliability.node_process import image_msg, sample_rgb
 from pixellm_ros.action import Ask
 from pixellm_ros.conversions import stamp_ns
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 
 MAX_AGE_S = 0.3
 QUEUE_SIZE = 4
@@ -125,7 +125,7 @@ def run_flood(model: Path, workdir: Path, seconds: float = 8.0, image_hz: float 
         ages, delivery = [], []
         for r in client.results:
             tally.status(r.status)
-            if r.status != S.OK:
+            if r.status != SegmentationResult.OK:
                 continue
             stamp = stamp_ns(r.header.stamp)
             if stamp not in camera.sent:
@@ -184,4 +184,4 @@ def camera_stopped(client, node) -> dict:
 
 
 def _name(code: int) -> str:
-    return next(n for n in dir(S) if n.isupper() and getattr(S, n) == code)
+    return next(n for n in dir(SegmentationResult) if n.isupper() and getattr(SegmentationResult, n) == code)

@@ -27,7 +27,7 @@ from std_msgs.msg import Header, String
 from reliability.common import Tally, final_check, log, log_problems, logged_ids, start, stop, wait_active
 from reliability.node_process import NODE, RELIABLE, build_adapter, image_msg, sample_rgb
 from pixellm_ros.action import Ask
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import LoadAdapter, Segment
 
 MAX_PIXELS = 100_000
@@ -363,7 +363,8 @@ def run_fuzz(model: Path, workdir: Path, messages: int = 600, seed: int = 0, com
         text = node.log()
         logged = logged_ids(text)
         # BUSY is logged once a second with a count; a standing goal's final answer is the action's result
-        non_ok = [q for q, status in answered_ids.items() if status not in (S.OK, S.BUSY) and q not in standing]
+        non_ok = [q for q, status in answered_ids.items()
+                  if status not in (SegmentationResult.OK, SegmentationResult.BUSY) and q not in standing]
         final = final_check(client, image_msg(sample_rgb(7), Header(frame_id="final")))
         alive = node.proc.poll() is None
         figures.update(

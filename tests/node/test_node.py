@@ -14,7 +14,7 @@ from std_msgs.msg import Header, String
 from tests.support.node_fixtures import (DEADLINE_S, NODE, RELIABLE, Camera, Client, NodeProcess, build_adapter,
                                          image_msg, sample_rgb, spin_future)
 from pixellm_ros.action import Ask
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import LoadAdapter, Segment
 
 pytestmark = pytest.mark.ros
@@ -62,14 +62,14 @@ def wait_active(client: Client) -> None:
     req = Segment.Request(query=Query(id="ping", text="ping"), use_image=True,
                           image=image_msg(sample_rgb(9), Header(frame_id="ping")))
     deadline = time.monotonic() + 2 * DEADLINE_S
-    while (status := client.call(client.segment, req, "a ping answer").result.status) == S.NOT_READY:
+    while (status := client.call(client.segment, req, "a ping answer").result.status) == SegmentationResult.NOT_READY:
         assert time.monotonic() < deadline, "the node did not become active"
         client.executor.spin_once(timeout_sec=0.2)
-    assert status == S.OK
+    assert status == SegmentationResult.OK
 
 
-def check_targets(result: S, height: int = 48, width: int = 64) -> None:
-    assert result.status == S.OK, result.status_message
+def check_targets(result: SegmentationResult, height: int = 48, width: int = 64) -> None:
+    assert result.status == SegmentationResult.OK, result.status_message
     assert result.answer == ANSWER and len(result.targets) == 2
     for k, t in enumerate(result.targets):
         mask = np.frombuffer(bytes(t.mask.data), np.uint8).reshape(t.mask.height, t.mask.step)
@@ -88,7 +88,8 @@ def subscribe(client: Client, msg_type, topic: str, qos=RELIABLE, wait: bool = F
     return got
 
 
-def segment(client: Client, rgb: np.ndarray, qid: str, text: str = "Where is the cup?", **image_fields) -> S:
+def segment(client: Client, rgb: np.ndarray, qid: str, text: str = "Where is the cup?",
+            **image_fields) -> SegmentationResult:
     msg = image_msg(rgb, Header(frame_id="given"))
     msg.header.stamp.sec = 7
     for k, v in image_fields.items():
@@ -174,15 +175,16 @@ def test_standing_query_reanswers_until_canceled(main):
     main.cam.stream(20)
     handle, feedback = _goal(main, Query(id="standing", text="Where is the cup?"), rate_hz=5.0)
 
-    def standing(status: int | None = None) -> list[S]:
+    def standing(status: int | None = None) -> list[SegmentationResult]:
         return [f.standing_result for f in feedback
                 if f.standing_result.query_id == "standing" and status in (None, f.standing_result.status)]
 
-    main.spin_until(lambda: len(standing(S.OK)) >= 2, "two OK standing answers")
+    main.spin_until(lambda: len(standing(SegmentationResult.OK)) >= 2, "two OK standing answers")
     # Each answer is on the newest frame not answered yet. On a loaded machine that frame may have grown older
     # than max_image_age_s by the time the worker takes it: STALE_IMAGE, said so, and the query goes on.
     for r in standing():
-        assert r.status in (S.OK, S.STALE_IMAGE) and (r.status == S.OK or r.status_message), r
+        assert r.status in (SegmentationResult.OK, SegmentationResult.STALE_IMAGE), r
+        assert r.status == SegmentationResult.OK or r.status_message, r
     headers = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in standing()]
     assert len(set(headers)) == len(headers), headers  # never the same frame twice
     cancel = spin_future(main.executor, handle.cancel_goal_async(), "the cancel response", main.process)
@@ -190,12 +192,13 @@ def test_standing_query_reanswers_until_canceled(main):
     response = spin_future(main.executor, handle.get_result_async(), "the canceled result", main.process)
     main.cam.stop()
     assert response.status == GoalStatus.STATUS_CANCELED
-    assert response.result.result.status == S.CANCELED and "standing" in response.result.result.status_message
+    assert response.result.result.status == SegmentationResult.CANCELED
+    assert "standing" in response.result.result.status_message
     # Every standing answer also goes to ~/result (another channel: wait for it), the same answers in order.
-    ok = standing(S.OK)
-    main.spin_until(lambda: sum(r.query_id == "standing" and r.status == S.OK for r in main.results) >= len(ok),
-                    "the OK standing answers on ~/result")
-    on_topic = [r for r in main.results if r.query_id == "standing" and r.status == S.OK]
+    ok = standing(SegmentationResult.OK)
+    main.spin_until(lambda: sum(r.query_id == "standing" and r.status == SegmentationResult.OK
+                                for r in main.results) >= len(ok), "the OK standing answers on ~/result")
+    on_topic = [r for r in main.results if r.query_id == "standing" and r.status == SegmentationResult.OK]
     assert [r.header for r in on_topic[:len(ok)]] == [r.header for r in ok]
 
 
@@ -206,9 +209,9 @@ def test_standing_query_reuses_the_previous_answer_as_its_draft(main):
     main.cam.stream(20)
     handle, feedback = _goal(main, Query(id="drafted", text=text), rate_hz=50.0)
 
-    def ok() -> list[S]:
+    def ok() -> list[SegmentationResult]:
         return [f.standing_result for f in feedback
-                if f.standing_result.query_id == "drafted" and f.standing_result.status == S.OK]
+                if f.standing_result.query_id == "drafted" and f.standing_result.status == SegmentationResult.OK]
 
     main.spin_until(lambda: any(r.accepted_draft_tokens > 0 for r in ok()[1:]), "a standing answer with a draft")
     spin_future(main.executor, handle.cancel_goal_async(), "the cancel response", main.process)
@@ -251,7 +254,7 @@ def test_frame_next_answers_on_a_frame_after_the_query(main):
 
 def test_frame_next_times_out(main):
     result = main.ask_full(Query(id="to", text="Where?", frame_policy=Query.FRAME_NEXT, camera="cam2"))
-    assert result.status == S.TIMEOUT and f"{NEXT_FRAME_TIMEOUT_S} s" in result.status_message
+    assert result.status == SegmentationResult.TIMEOUT and f"{NEXT_FRAME_TIMEOUT_S} s" in result.status_message
     assert result.camera == "cam2"
 
 
@@ -262,8 +265,8 @@ def test_frame_next_does_not_hold_up_the_questions_behind_it(main):
     main.cam.publish()  # a frame for the question behind it (any age: this test is about order, not staleness)
     main.query_full_pub.publish(Query(id="behind", text="Where is the cup?", max_image_age_s=60.0))
     behind, waits = main.result_for("behind"), main.result_for("waits")
-    assert behind.status == S.OK, behind.status_message
-    assert waits.status == S.TIMEOUT
+    assert behind.status == SegmentationResult.OK, behind.status_message
+    assert waits.status == SegmentationResult.TIMEOUT
     order = [r.query_id for r in main.results]
     assert order.index("behind") < order.index("waits")
 
@@ -282,39 +285,39 @@ def test_frame_stamp_picks_the_nearest_cached_frame(main):
     far = Query(id="st-far", text="Where?", frame_policy=Query.FRAME_STAMP)
     far.stamp.sec = query.stamp.sec - 100
     result = main.ask_full(far)
-    assert result.status == S.NO_IMAGE and "requested stamp" in result.status_message
+    assert result.status == SegmentationResult.NO_IMAGE and "requested stamp" in result.status_message
 
 
 def test_stale_frames_and_a_second_camera(main):
     main.cam2.stream(20, delay_s=5.0)
     main.wait_frames("cam2", 2)
     stale = main.ask_full(Query(id="stale", text="Where?", camera="cam2"))
-    assert stale.status == S.STALE_IMAGE and "max_image_age_s" in stale.status_message
+    assert stale.status == SegmentationResult.STALE_IMAGE and "max_image_age_s" in stale.status_message
     ok = main.ask_full(Query(id="cam2-ok", text="Where?", camera="cam2", max_image_age_s=30.0))
     main.cam2.stop()
     check_targets(ok)
     assert ok.camera == "cam2" and ok.header.frame_id == "cam2_optical" and ok.header in main.cam2.sent
     unknown = main.ask_full(Query(id="unknown", text="Where?", camera="nope"))
-    assert unknown.status == S.INVALID_QUERY and "camera" in unknown.status_message
+    assert unknown.status == SegmentationResult.INVALID_QUERY and "camera" in unknown.status_message
     assert all(c in unknown.status_message for c in ("camera", "cam2", "cam3"))
 
 
 BAD_IMAGES = {  # name -> (Image field overrides, status)
-    "encoding 16UC1": (dict(encoding="16UC1", step=128), S.INVALID_IMAGE),
-    "encoding yuv422": (dict(encoding="yuv422"), S.INVALID_IMAGE),
-    "step too small": (dict(step=100), S.INVALID_IMAGE),
-    "truncated data": (dict(data=bytes(1000)), S.INVALID_IMAGE),
-    "zero size": (dict(height=0, width=0, step=0, data=b""), S.INVALID_IMAGE),
-    "too many pixels": (dict(height=400, width=300, step=900, data=bytes(400 * 900)), S.INVALID_IMAGE),
+    "encoding 16UC1": (dict(encoding="16UC1", step=128), SegmentationResult.INVALID_IMAGE),
+    "encoding yuv422": (dict(encoding="yuv422"), SegmentationResult.INVALID_IMAGE),
+    "step too small": (dict(step=100), SegmentationResult.INVALID_IMAGE),
+    "truncated data": (dict(data=bytes(1000)), SegmentationResult.INVALID_IMAGE),
+    "zero size": (dict(height=0, width=0, step=0, data=b""), SegmentationResult.INVALID_IMAGE),
+    "too many pixels": (dict(height=400, width=300, step=900, data=bytes(400 * 900)), SegmentationResult.INVALID_IMAGE),
 }
 BAD_QUERIES = {  # name -> (Query fields, status)
-    "empty text": (dict(text=""), S.INVALID_QUERY),
-    "blank text": (dict(text="  \n"), S.INVALID_QUERY),
-    "too long": (dict(text="x" * (MAX_CHARS + 1)), S.INVALID_QUERY),
-    "image token": (dict(text="What is <image>?"), S.INVALID_QUERY),
-    "frame policy": (dict(text="Where?", frame_policy=7), S.INVALID_QUERY),
-    "negative age": (dict(text="Where?", max_image_age_s=-1.0), S.INVALID_QUERY),
-    "no image yet": (dict(text="Where?", camera="cam3"), S.NO_IMAGE),
+    "empty text": (dict(text=""), SegmentationResult.INVALID_QUERY),
+    "blank text": (dict(text="  \n"), SegmentationResult.INVALID_QUERY),
+    "too long": (dict(text="x" * (MAX_CHARS + 1)), SegmentationResult.INVALID_QUERY),
+    "image token": (dict(text="What is <image>?"), SegmentationResult.INVALID_QUERY),
+    "frame policy": (dict(text="Where?", frame_policy=7), SegmentationResult.INVALID_QUERY),
+    "negative age": (dict(text="Where?", max_image_age_s=-1.0), SegmentationResult.INVALID_QUERY),
+    "no image yet": (dict(text="Where?", camera="cam3"), SegmentationResult.NO_IMAGE),
 }
 
 
@@ -328,7 +331,7 @@ def test_bad_input_gets_an_error_and_the_node_keeps_serving(main, case):
         fields, status = BAD_QUERIES[case]
         result = main.ask_full(Query(id=qid, **fields))
     else:
-        status = S.INVALID_IMAGE
+        status = SegmentationResult.INVALID_IMAGE
         n = main.frames("cam3")
         main.cam3.publish(encoding="32FC1")
         main.wait_frames("cam3", n + 1)
@@ -396,7 +399,8 @@ def test_load_adapter_and_path_checks(main, adapters):
         loaded = load("kitchen")
         assert (loaded.success, loaded.active_adapter) == (True, "kitchen"), loaded.message
         result = segment(main, sample_rgb(5), "with-adapter")
-        assert (result.status, result.answer, result.targets, result.adapter_id) == (S.OK, "", [], "kitchen")
+        assert (result.status, result.answer, result.targets, result.adapter_id) == (
+            SegmentationResult.OK, "", [], "kitchen")
         for name, words in [("../outside", ".."), (str(adapters.parent / "outside"), ".."), ("escape", "outside"),
                             ("missing", "available")]:
             refused = load(name)

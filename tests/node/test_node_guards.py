@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.node_fixtures import sample_rgb, start_node  # noqa: F401 (start_node: fixture)
-from pixellm_ros.msg import SegmentationResult as S
+from pixellm_ros.msg import SegmentationResult
 from tests.node.test_node import segment, wait_active
 
 pytestmark = pytest.mark.ros
@@ -17,7 +17,8 @@ def test_guard_cuts_a_looping_answer(start_node, scripted_model):
     client = start_node(model_path=scripted_model, max_new_tokens=200)
     wait_active(client)
     result = segment(client, sample_rgb(5), "loop")
-    assert result.status == S.OK and result.stop_reason == "repetition", (result.stop_reason, result.answer)
+    assert result.status == SegmentationResult.OK and result.stop_reason == "repetition", (
+        result.stop_reason, result.answer)
     assert result.answer == " ".join(["the cup and"] * 4) and len(result.targets) == 4
     client.spin_until(lambda: "'loop': answer cut by repetition" in client.process.log(), "the guard's warning")
     assert "WARN" in next(line for line in client.process.log().splitlines() if "answer cut by" in line)

@@ -14,13 +14,13 @@ from std_msgs.msg import Header
 from tests.support.node_fixtures import (DEADLINE_S, NODE, Camera, Client, Lifecycle, NodeProcess,  # noqa: F401
                                          image_msg, sample_rgb, spin_future, start_node)
 from pixellm_ros.action import Ask
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import Segment
 
 pytestmark = pytest.mark.ros
 
 
-def segment(client: Client, qid: str) -> S:
+def segment(client: Client, qid: str) -> SegmentationResult:
     request = Segment.Request(query=Query(id=qid, text="Where is the cup?"), use_image=True,
                               image=image_msg(sample_rgb(1), Header(frame_id="given")))
     return client.call(client.segment, request, f"the Segment response {qid}").result
@@ -34,7 +34,7 @@ def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model
     transition, set_param = lifecycle.transition, lifecycle.set_string
 
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
-    assert segment(client, "early").status == S.NOT_READY
+    assert segment(client, "early").status == SegmentationResult.NOT_READY
     assert not transition(Transition.TRANSITION_CONFIGURE)  # the model folder does not exist
     assert state() == State.PRIMARY_STATE_UNCONFIGURED
     assert "model_path" in client.process.log()
@@ -52,14 +52,14 @@ def test_lifecycle_transitions_and_a_failed_configure(start_node, scripted_model
     assert set_param("model_path", scripted_model)
     assert transition(Transition.TRANSITION_CONFIGURE) and state() == State.PRIMARY_STATE_INACTIVE
     not_ready = segment(client, "inactive")
-    assert not_ready.status == S.NOT_READY and "inactive" in not_ready.status_message
+    assert not_ready.status == SegmentationResult.NOT_READY and "inactive" in not_ready.status_message
     assert transition(Transition.TRANSITION_ACTIVATE) and state() == State.PRIMARY_STATE_ACTIVE
-    assert segment(client, "active").status == S.OK
+    assert segment(client, "active").status == SegmentationResult.OK
     assert transition(Transition.TRANSITION_DEACTIVATE) and state() == State.PRIMARY_STATE_INACTIVE
-    assert segment(client, "deactivated").status == S.NOT_READY
+    assert segment(client, "deactivated").status == SegmentationResult.NOT_READY
     assert transition(Transition.TRANSITION_CLEANUP) and state() == State.PRIMARY_STATE_UNCONFIGURED
     assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
-    assert segment(client, "again").status == S.OK
+    assert segment(client, "again").status == SegmentationResult.OK
     assert transition(Transition.TRANSITION_DEACTIVATE) and transition(Transition.TRANSITION_CLEANUP)
     assert transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN) and state() == State.PRIMARY_STATE_FINALIZED
     assert client.process.proc.poll() is None
@@ -74,7 +74,8 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
                         max_targets=0, repetition_ngram=0)
     cam = Camera(client, "image", "camera_optical")
     client.wait_connected(cam.pub)
-    client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=2 * DEADLINE_S)
+    client.spin_until(lambda: segment(client, "ping").status == SegmentationResult.OK, "the node to become active",
+                      timeout=2 * DEADLINE_S)
     n = client.frames("camera")
     cam.publish()
     client.wait_frames("camera", n + 1)
@@ -85,8 +86,8 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     per_id = {qid: [r for r in client.results if r.query_id == qid] for qid in ids}
     assert all(len(v) == 1 for v in per_id.values()), per_id  # exactly one result each, none lost
     statuses = [v[0].status for v in per_id.values()]
-    assert statuses.count(S.OK) >= 2 and statuses.count(S.BUSY) >= 1, statuses
-    busy = next(v[0] for v in per_id.values() if v[0].status == S.BUSY)
+    assert statuses.count(SegmentationResult.OK) >= 2 and statuses.count(SegmentationResult.BUSY) >= 1, statuses
+    busy = next(v[0] for v in per_id.values() if v[0].status == SegmentationResult.BUSY)
     assert "queue" in busy.status_message
     client.spin_until(lambda: client.diagnostic("busy") not in (None, "0"), "busy in /diagnostics")
 
@@ -100,9 +101,9 @@ def test_full_queue_answers_busy_and_goals_cancel(start_node, scripted_model):
     response = spin_future(client.executor, handle.get_result_async(), "the canceled result", client.process)
     assert response.status == GoalStatus.STATUS_CANCELED
     result = response.result.result
-    assert result.status == S.CANCELED and "canceled" in result.status_message
+    assert result.status == SegmentationResult.CANCELED and "canceled" in result.status_message
     assert result.answer.startswith(feedback[1].partial_answer) and len(result.targets) < tokens // 16
-    assert segment(client, "after-cancel").status == S.OK
+    assert segment(client, "after-cancel").status == SegmentationResult.OK
 
 
 def test_ctrl_c_during_a_standing_goal_exits_cleanly(tmp_path, scripted_model):
@@ -113,7 +114,8 @@ def test_ctrl_c_during_a_standing_goal_exits_cleanly(tmp_path, scripted_model):
     try:
         cam = Camera(client, "image", "camera_optical")
         client.wait_connected(cam.pub)
-        client.spin_until(lambda: segment(client, "ping").status == S.OK, "the node to become active", timeout=2 * DEADLINE_S)
+        client.spin_until(lambda: segment(client, "ping").status == SegmentationResult.OK, "the node to become active",
+                          timeout=2 * DEADLINE_S)
         assert client.ask.wait_for_server(timeout_sec=DEADLINE_S)
         feedback = []
         client.ask.send_goal_async(Ask.Goal(query=Query(id="standing", text="Where is the cup?"), rate_hz=20.0),

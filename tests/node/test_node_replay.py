@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 
 from tests.support.node_fixtures import (DEADLINE_S, ROOT, Camera, sample_rgb,  # noqa: F401 (start_node: fixture)
                                          start_node)
-from pixellm_ros.msg import Query, SegmentationResult as S
+from pixellm_ros.msg import Query, SegmentationResult
 
 pytestmark = pytest.mark.ros
 TOPICS = {"/image": "sensor_msgs/msg/Image", "/query_full": "pixellm_ros/msg/Query",
@@ -50,7 +50,7 @@ def test_record_then_replay_gives_the_same_results(start_node, scripted_model, t
             query = Query(id=f"r{k}", text=f"Where is the cup number {k}?", frame_policy=Query.FRAME_STAMP,
                           stamp=image.header.stamp)
             result = feed(client, cam, image, query)
-            assert result.status == S.OK, result.status_message
+            assert result.status == SegmentationResult.OK, result.status_message
             t = 1_700_000_000_000_000_000 + k * 1000
             for topic, msg, dt in (("/image", image, 0), ("/query_full", query, 1), ("/pixellm/result", result, 2)):
                 writer.write(conns[topic], t + dt, serialize_message(msg))
@@ -73,7 +73,7 @@ def test_record_then_replay_gives_the_same_results(start_node, scripted_model, t
                 recorded.append(store.deserialize_cdr(raw, conn.msgtype))  # via the registered custom types
     assert len(recorded) == len(replayed) == 3
     for old, new in zip(recorded, replayed):
-        assert (new.query_id, new.status, new.answer) == (old.query_id, S.OK, old.answer)
+        assert (new.query_id, new.status, new.answer) == (old.query_id, SegmentationResult.OK, old.answer)
         assert (new.header.stamp.sec, new.header.stamp.nanosec) == (old.header.stamp.sec, old.header.stamp.nanosec)
         assert [t.pixel_count for t in new.targets] == [t.pixel_count for t in old.targets]
         assert [bytes(t.mask.data) for t in new.targets] == [bytes(t.mask.data) for t in old.targets]

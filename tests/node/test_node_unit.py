@@ -19,7 +19,7 @@ import pixellm_ros.outputs as outputs_module
 from tests.support.node_fixtures import ROOT, image_msg, sample_rgb
 from pixellm_ros.messages import detections_msg
 from pixellm_ros.model import streaming
-from pixellm_ros.msg import Query, SegmentationResult as S, TargetMask
+from pixellm_ros.msg import Query, SegmentationResult, TargetMask
 from pixellm_ros.node import PixelLMNode, resolve_adapter
 from pixellm_ros.outputs import import_vision_msgs
 from pixellm_ros.serving import Request
@@ -129,7 +129,7 @@ def local_node(scripted_model):
     rclpy.try_shutdown(context=context)
 
 
-def _ask(node: PixelLMNode, qid: str) -> S:
+def _ask(node: PixelLMNode, qid: str) -> SegmentationResult:
     got = []
     req = Request(Query(id=qid, text="Where is the cup?"), "test", got.append,
                   image=image_msg(sample_rgb(1), Header(frame_id="given")))
@@ -138,7 +138,7 @@ def _ask(node: PixelLMNode, qid: str) -> S:
 
 
 def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatch):
-    assert _ask(local_node, "ok").status == S.OK
+    assert _ask(local_node, "ok").status == SegmentationResult.OK
     freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
     engine = local_node.serving.engine
@@ -149,25 +149,25 @@ def test_model_errors_and_cuda_oom_leave_the_node_serving(local_node, monkeypatc
 
     monkeypatch.setattr(engine, "stream", streaming(oom))  # a Stream, like Engine.stream
     result = _ask(local_node, "oom")
-    assert result.status == S.MODEL_ERROR and "out of device memory" in result.status_message and freed
+    assert result.status == SegmentationResult.MODEL_ERROR and "out of device memory" in result.status_message and freed
     monkeypatch.setattr(engine, "stream", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     result = _ask(local_node, "boom")
-    assert result.status == S.MODEL_ERROR and "RuntimeError: boom" in result.status_message
+    assert result.status == SegmentationResult.MODEL_ERROR and "RuntimeError: boom" in result.status_message
     monkeypatch.undo()
-    assert _ask(local_node, "after").status == S.OK
+    assert _ask(local_node, "after").status == SegmentationResult.OK
 
 
 def test_overlay_drawn_only_while_subscribed(local_node, monkeypatch):
     drawn = []
     real = outputs_module.draw_overlay
     monkeypatch.setattr(outputs_module, "draw_overlay", lambda *a, **k: drawn.append(1) or real(*a, **k))
-    assert _ask(local_node, "nobody").status == S.OK and drawn == []
+    assert _ask(local_node, "nobody").status == SegmentationResult.OK and drawn == []
     local_node.create_subscription(Image, "~/overlay", lambda msg: None, 5)
     deadline = time.monotonic() + 10
     while local_node.outputs.overlay.get_subscription_count() == 0:
         assert time.monotonic() < deadline, "the overlay subscription did not match"
         time.sleep(0.01)
-    assert _ask(local_node, "watched").status == S.OK and drawn == [1]
+    assert _ask(local_node, "watched").status == SegmentationResult.OK and drawn == [1]
 
 
 def test_no_answer_reports_an_image_age_above_the_limit(local_node, monkeypatch):
@@ -189,8 +189,8 @@ def test_no_answer_reports_an_image_age_above_the_limit(local_node, monkeypatch)
     req = Request(Query(id="late", text="Where is the cup?"), "test", got.append)
     local_node.serving.finish(req, local_node.serving.answer(req))
     age = got[0].image_age.sec + got[0].image_age.nanosec * 1e-9
-    assert not (got[0].status == S.OK and age > limit), age
-    assert got[0].status == S.STALE_IMAGE and "max_image_age_s" in got[0].status_message
+    assert not (got[0].status == SegmentationResult.OK and age > limit), age
+    assert got[0].status == SegmentationResult.STALE_IMAGE and "max_image_age_s" in got[0].status_message
 
 
 def test_the_caller_is_answered_before_the_topics_and_the_heap_is_frozen_only_while_active(local_node,
@@ -206,11 +206,11 @@ def test_the_caller_is_answered_before_the_topics_and_the_heap_is_frozen_only_wh
     monkeypatch.setattr(local_node, "publish_outputs", lambda *a: order.append("topics") or real(*a))
     req = Request(Query(id="first", text="Where is the cup?"), "test", lambda result: order.append("caller"),
                   image=image_msg(sample_rgb(1), Header(frame_id="given")))
-    assert local_node.serving.finish(req, local_node.serving.answer(req)).status == S.OK
+    assert local_node.serving.finish(req, local_node.serving.answer(req)).status == SegmentationResult.OK
     assert order == ["caller", "topics"]
 
     monkeypatch.setattr(local_node, "publish_outputs", lambda *a: (_ for _ in ()).throw(RuntimeError("no topic")))
-    assert _ask(local_node, "topics fail").status == S.OK
+    assert _ask(local_node, "topics fail").status == SegmentationResult.OK
 
     assert gc.get_freeze_count() > 0
     local_node.trigger_deactivate()
