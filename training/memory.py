@@ -1,7 +1,8 @@
 """What training holds in memory: which parameters train (`select_trainable`), in which dtype
 (`cast_trainable`), which rows of the vocabulary matrices (`train_new_token_rows`), and which activations
 backward keeps (gradient checkpointing). Together they decide whether a run fits a device (config.ModelConfig:
-QLoRA on a 16 GB board); none of them changes the loss (tests/training/test_qlora.py).
+QLoRA on a 16 GB board); what they train toward is objective.py's. Checkpointing changes no gradient
+(tests/training/test_qlora.py).
 """
 from __future__ import annotations
 
