@@ -117,7 +117,11 @@ def test_detections_only_with_vision_msgs():
 def local_node(scripted_model):
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = PixelLMNode(context=context, parameter_overrides=[
+    # In a namespace of its own: once a server of /pixellm/get_state has lived in this process (in any context), a
+    # later call from this process to a node process's /pixellm/get_state goes unanswered (Fast DDS 3.2 /
+    # rmw_fastrtps, Kilted; a bare rclpy LifecycleNode named pixellm does it too, one with another name does not):
+    # test_node_lifecycle.py's first get_state timed out whenever this file ran first in the same pytest process.
+    node = PixelLMNode(context=context, namespace="in_process", parameter_overrides=[
         Parameter("model_path", Parameter.Type.STRING, str(scripted_model)),
         Parameter("autostart", Parameter.Type.BOOL, False), Parameter("num_threads", Parameter.Type.INTEGER, 1),
         Parameter("max_new_tokens", Parameter.Type.INTEGER, 32)])
