@@ -62,17 +62,6 @@ def test_the_demo_scene_is_the_first_that_answers_every_question():
     assert not all(question_targets(q, before)[1] for q in DEMO_QUESTIONS)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from pixellm_ros.model import save_pixellm
-    from pixellm_ros.model.scratch import tiny_random_pixellm
-
-    model, tok = tiny_random_pixellm(0)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    save_pixellm(model, tok, path)
-    return path, tok
-
-
 def test_a_model_that_always_says_the_red_cup_is_scored_per_question(tiny):
     path, tok = tiny
     engine = Engine(EngineConfig(model_path=str(path), device="cpu"))

@@ -13,17 +13,6 @@ from training.data.sample import Sample
 from training.evaluate import evaluate_ood, longest_word_run, main, node_sampling, ood_summary
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from pixellm_ros.model import save_pixellm
-    from pixellm_ros.model.scratch import tiny_random_pixellm
-
-    model, tok = tiny_random_pixellm(0)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    save_pixellm(model, tok, path)
-    return path, tok
-
-
 def samples(n: int = 3) -> list[Sample]:
     rng = np.random.default_rng(0)
     return [Sample(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), "Where is the red cup?",

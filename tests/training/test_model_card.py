@@ -28,10 +28,7 @@ def test_card_names_each_stage_and_how_to_rebuild_it(tmp_path):
     _run(tmp_path, "s2", tmp_path / "s1_step50", 40, reinit_modules=["model.mask_decoder"])
     final = _run(tmp_path, "s3", tmp_path / "s2" / "model", 20,
                  data={"sources": [{"kind": "synthetic", "seed": 2, "question_mix": {"refer": 1, "color": 1}}]})
-    evaluation = tmp_path / "eval"
-    evaluation.mkdir()
-    (evaluation / "report.json").write_text(json.dumps({"questions": 10, "gIoU": 0.5, "cIoU": 0.6,
-                                                         "target_count_accuracy": 0.8}))
+    evaluation = _heldout(tmp_path / "eval", 0.5, 0.6, 0.8)
     out = write_card(final, evaluation, tmp_path / "shipped", stages=[f"{first}:50", str(tmp_path / "s2")])
     card = (out / "MODEL_CARD.md").read_text()
     assert "| stage 1 |" in card and "50 steps x batch" in card and "stopped and exported at step 50" in card
@@ -42,6 +39,14 @@ def test_card_names_each_stage_and_how_to_rebuild_it(tmp_path):
     assert f"--checkpoint {first}/checkpoints/step_0000050 --out {first}_step50" in card
     assert card.count("python -m training.train ") == 3 and f"--stages {first}:50 {tmp_path / 's2'}" in card
     assert (out / "heldout_report.json").is_file() and (out / "config.json").is_file()
+
+
+def _heldout(folder, giou, ciou, count):
+    """An evaluation folder as `training.evaluate` writes it (10 held-out questions)."""
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"questions": 10, "gIoU": giou, "cIoU": ciou,
+                                                    "target_count_accuracy": count}))
+    return folder
 
 
 def _ood(folder, no_target):
@@ -56,10 +61,7 @@ def _ood(folder, no_target):
 
 def test_a_further_stage_continues_the_shipped_card_when_the_old_runs_are_gone(tmp_path):
     first = _run(tmp_path, "s1", tmp_path / "init", 60)
-    evaluation = tmp_path / "eval"
-    evaluation.mkdir()
-    (evaluation / "report.json").write_text(json.dumps({"questions": 10, "gIoU": 0.8, "cIoU": 0.8,
-                                                         "target_count_accuracy": 0.95}))
+    evaluation = _heldout(tmp_path / "eval", 0.8, 0.8, 0.95)
     shipped = tmp_path / "shipped"
     write_card(first, evaluation, shipped, notes="Stage 1 learned the domain.")
     (tmp_path / "s1").rename(tmp_path / "gone")
@@ -94,10 +96,7 @@ def _demo(folder, right):
 
 def test_the_demo_table_compares_the_model_with_its_base(tmp_path):
     run = _run(tmp_path, "s1", tmp_path / "init", 20)
-    evaluation = tmp_path / "eval"
-    evaluation.mkdir()
-    (evaluation / "report.json").write_text(json.dumps({"questions": 10, "gIoU": 0.8, "cIoU": 0.8,
-                                                         "target_count_accuracy": 0.95}))
+    evaluation = _heldout(tmp_path / "eval", 0.8, 0.8, 0.95)
     out = write_card(run, evaluation, tmp_path / "shipped", demo=_demo(tmp_path / "d2", 2),
                      demo_baseline=_demo(tmp_path / "d1", 1))
     card = (out / "MODEL_CARD.md").read_text()
