@@ -28,6 +28,8 @@ from reliability.isolation import isolate_ros  # noqa: E402
 
 isolate_ros("pixellm_reliability_log_")  # before anything imports rclpy
 
+from reliability.security import SCANNED  # noqa: E402 (no ROS import)
+
 log = logging.getLogger("reliability")
 
 
@@ -92,7 +94,7 @@ def rows(f: dict) -> list[tuple[str, str, str, str]]:
                 ok(tr["corrupted_checkpoints_seen"] == 0 and tr["same_steps"] and tr["finished"]
                    and tr["loss_max_abs_diff"] is not None and tr["loss_max_abs_diff"] <= 1e-6)))
     se = f["security"]
-    out.append(("weights loading", f"source scan of {', '.join(('pixellm_ros', 'training', 'benchmarks'))}",
+    out.append(("weights loading", f"source scan of {', '.join(SCANNED)}",
                 f"torch.load calls {se['torch_load_calls']}, without weights_only=True: {se['unsafe_loads'] or 0}; "
                 f"trust_remote_code: {se['trust_remote_code'] or 'none'}",
                 ok(not se["unsafe_loads"] and not se["trust_remote_code"])))

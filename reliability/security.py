@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ("pixellm_ros", "training", "benchmarks")
+SCANNED = ("pixellm_ros", "training", "benchmarks", "reliability")
 
 
 def scan_loads() -> dict:

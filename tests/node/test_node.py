@@ -12,7 +12,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 
 from tests.support.node_fixtures import (DEADLINE_S, NODE, RELIABLE, Camera, Client, NodeProcess, build_adapter,
-                                         image_msg, sample_rgb, spin_future)
+                                         image_msg, sample_rgb, segment, spin_future, wait_active)
 from pixellm_ros.action import Ask
 from pixellm_ros.msg import Query, SegmentationResult
 from pixellm_ros.srv import LoadAdapter, Segment
@@ -57,17 +57,6 @@ def main(scripted_model, adapters, tmp_path_factory):
         print(f"--- node exited with {code} ---\n{node.log()}")
 
 
-def wait_active(client: Client) -> None:
-    """Until the node answers (autostart: configure + activate, then the model is loaded)."""
-    req = Segment.Request(query=Query(id="ping", text="ping"), use_image=True,
-                          image=image_msg(sample_rgb(9), Header(frame_id="ping")))
-    deadline = time.monotonic() + 2 * DEADLINE_S
-    while (status := client.call(client.segment, req, "a ping answer").result.status) == SegmentationResult.NOT_READY:
-        assert time.monotonic() < deadline, "the node did not become active"
-        client.executor.spin_once(timeout_sec=0.2)
-    assert status == SegmentationResult.OK
-
-
 def check_targets(result: SegmentationResult, height: int = 48, width: int = 64) -> None:
     assert result.status == SegmentationResult.OK, result.status_message
     assert result.answer == ANSWER and len(result.targets) == 2
@@ -86,16 +75,6 @@ def subscribe(client: Client, msg_type, topic: str, qos=RELIABLE, wait: bool = F
     if wait:
         client.spin_until(lambda: sub.get_publisher_count() > 0, f"the node's publisher of {topic}")
     return got
-
-
-def segment(client: Client, rgb: np.ndarray, qid: str, text: str = "Where is the cup?",
-            **image_fields) -> SegmentationResult:
-    msg = image_msg(rgb, Header(frame_id="given"))
-    msg.header.stamp.sec = 7
-    for k, v in image_fields.items():
-        setattr(msg, k, v)
-    request = Segment.Request(query=Query(id=qid, text=text), use_image=True, image=msg)
-    return client.call(client.segment, request, f"the Segment response {qid}").result
 
 
 # ---------------------------------------------------------------------------------------------- tests

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.node_fixtures import sample_rgb, start_node  # noqa: F401 (start_node: fixture)
+from tests.support.node_fixtures import sample_rgb, segment, start_node, wait_active  # noqa: F401 (start_node: fixture)
 from pixellm_ros.msg import SegmentationResult
-from tests.node.test_node import segment, wait_active
 
 pytestmark = pytest.mark.ros
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ros_helpers import DEADLINE_S
-from tests.package.test_launch_cli import Background, launch_tools_missing, wait_subscribed, write_params
+from tests.support.ros_cli import Background, launch_tools_missing, wait_subscribed, write_params
 
 pytestmark = pytest.mark.ros
 

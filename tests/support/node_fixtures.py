@@ -1,5 +1,6 @@
 """The node tests' side of the node harness (reliability/node_process.py: the scripted model, the node process, the
-client): a camera that publishes test frames, and the `start_node` fixture. The harness names the tests use are
+client): a camera that publishes test frames, the `start_node` fixture, and the two calls every node test makes
+(`wait_active`, `segment`). The harness names the tests use are
 re-exported here, so a node test imports everything node-related from one module."""
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+
+from pixellm_ros.msg import Query, SegmentationResult
+from pixellm_ros.srv import Segment
 
 from reliability.node_process import (DEADLINE_S, NODE, RELIABLE, ROOT, Client, Lifecycle,  # noqa: F401 (re-exported)
                                       NodeProcess, build_adapter, build_scripted_model, image_msg, sample_rgb,
@@ -69,3 +73,24 @@ def stop_all(started: list) -> None:
         client.close()
         print(f"--- node exited with {node.stop()} ---\n{node.log()}")
     started.clear()
+
+
+def wait_active(client: Client) -> None:
+    """Until the node answers (autostart: configure + activate, then the model is loaded)."""
+    req = Segment.Request(query=Query(id="ping", text="ping"), use_image=True,
+                          image=image_msg(sample_rgb(9), Header(frame_id="ping")))
+    deadline = time.monotonic() + 2 * DEADLINE_S
+    while (status := client.call(client.segment, req, "a ping answer").result.status) == SegmentationResult.NOT_READY:
+        assert time.monotonic() < deadline, "the node did not become active"
+        client.executor.spin_once(timeout_sec=0.2)
+    assert status == SegmentationResult.OK
+
+
+def segment(client: Client, rgb: np.ndarray, qid: str, text: str = "Where is the cup?",
+            **image_fields) -> SegmentationResult:
+    msg = image_msg(rgb, Header(frame_id="given"))
+    msg.header.stamp.sec = 7
+    for k, v in image_fields.items():
+        setattr(msg, k, v)
+    request = Segment.Request(query=Query(id=qid, text=text), use_image=True, image=msg)
+    return client.call(client.segment, request, f"the Segment response {qid}").result

@@ -1,5 +1,15 @@
 """Fixtures the training tests share."""
+from pathlib import Path
+
 import pytest
+
+from training.init_model import init_model
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    """A tiny PixelLM as `training.init_model` makes it: the trainer's starting point."""
+    return init_model("tiny", tmp_path_factory.mktemp("base") / "model", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from pixellm_ros.engine import Engine, EngineConfig
 from pixellm_ros.model import SamplingConfig

@@ -3,8 +3,6 @@ a 4-bit run trains, resumes after SIGKILL on the same curve, exports an adapter 
 and on a quantized base; checkpointing changes no gradient; bad configs are refused before any weight is read."""
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,23 +14,17 @@ from pixellm_ros.model.adapters import add_lora, apply_adapter, lora_layers
 from training.config import DataConfig, LossConfig, ModelConfig, SourceConfig, TrainConfig
 from training.data.dataset import IndexedBatches, MixtureStream
 from training.data.synthetic import synthetic_sample
-from training.init_model import init_model
 from training.memory import checkpointing_wanted, enable_gradient_checkpointing
 from training.objective import TrainingModel, combine_losses
-from training.train import latest_checkpoint, train
+from training.train import train
 
-from tests.training.test_train import config, metrics, run_cli
+from tests.support.training_runs import assert_resume_after_sigkill_matches, config, metrics
 
 pytest.importorskip("bitsandbytes")
 QLORA = dict(model={"quantization": "4bit", "gradient_checkpointing": True, "token_rows": "new"},
              lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.05}, train_vision_tower=False,
              trainable=["lm_head", "model.embed_tokens", "model.mask_decoder", "model.text_hidden_fcs",
                         "model.mm_projector", "model.out_mm_projector"], lr=3e-3)
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    return init_model("tiny", tmp_path_factory.mktemp("base") / "model", seed=0)
 
 
 def batch_loss(model, tokenizer, seed: int = 3) -> float:
@@ -113,21 +105,8 @@ def test_qlora_4bit_trains_resumes_exports_and_the_engine_loads_it(base_model, t
     rows = metrics(straight)
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     # SIGKILL mid-run, then --resume: the same curve, step for step
-    killed = tmp_path / "killed"
-    proc = run_cli(config(base_model, killed, steps=8, save_every=2, **QLORA), tmp_path)
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(killed) is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert latest_checkpoint(killed) is not None, "no checkpoint was written before the kill"
-    resumed = run_cli(config(base_model, killed, steps=8, save_every=2, **QLORA), tmp_path, "--resume")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    a, b = metrics(straight), metrics(killed)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6), (ra, rb)
+    assert_resume_after_sigkill_matches(straight, config(base_model, tmp_path / "killed", steps=8, save_every=2,
+                                                         **QLORA), tmp_path)
     # the export: an adapter only (a merge into 4-bit weights would round the update away)
     adapter = Path(result["adapter"])
     assert "model" not in result and not (straight / "model").exists()

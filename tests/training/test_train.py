@@ -2,56 +2,23 @@
 and exports something the engine loads with identical outputs."""
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from pixellm_ros.engine import Engine
 from training.config import TrainConfig
 from training.data.synthetic import synthetic_sample
-from training.init_model import init_model
 from training.losses import dice_per_mask, overlap_per_mask
 from training.train import latest_checkpoint, save_checkpoint, train
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.training_runs import assert_resume_after_sigkill_matches, config, metrics, run_cli
+
 SINGLE_SAMPLE_SEED = 45  # synthetic_sample(45, 0): "Where is the red cup?", one large target
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    return init_model("tiny", tmp_path_factory.mktemp("base") / "model", seed=0)
-
-
-def config(base: Path, out: Path, **kw) -> dict:
-    cfg = dict(base_model=str(base), output_dir=str(out), steps=4, batch_size=2, grad_accum=1, lr=3e-3,
-               warmup_steps=1, trainable=["all"], train_vision_tower=True, lora={"enabled": False},
-               save_every=0, log_every=1, export_dtype="float32", num_threads=1,
-               data={"sources": [{"kind": "synthetic", "seed": 3}]})
-    cfg.update(kw)
-    return cfg
-
-
-def metrics(out: Path) -> list[dict]:
-    return list(csv.DictReader((out / "metrics.csv").open()))
-
-
-def run_cli(cfg: dict, tmp: Path, *args: str, launcher: list[str] | None = None,
-            env: dict[str, str] | None = None) -> subprocess.Popen:
-    path = tmp / f"cfg_{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cmd = (launcher or [sys.executable]) + ["-m", "training.train", str(path), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_losses_behave():
@@ -93,22 +60,8 @@ def test_few_steps_learn_a_single_sample(base_model, tmp_path):
 def test_resume_after_sigkill_continues_the_same_curve(base_model, tmp_path):
     straight = tmp_path / "straight"
     train(TrainConfig.from_dict(config(base_model, straight, steps=8, save_every=2)))
-    killed = tmp_path / "killed"
-    proc = run_cli(config(base_model, killed, steps=8, save_every=2), tmp_path)
-    deadline = time.monotonic() + 120
-    while latest_checkpoint(killed) is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    ckpt = latest_checkpoint(killed)
-    assert ckpt is not None, "no checkpoint was written before the kill"
-    resumed = run_cli(config(base_model, killed, steps=8, save_every=2), tmp_path, "--resume")
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    a, b = metrics(straight), metrics(killed)
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6), (ra, rb)
+    assert_resume_after_sigkill_matches(straight, config(base_model, tmp_path / "killed", steps=8, save_every=2),
+                                        tmp_path)
 
 
 def test_checkpoint_interrupted_mid_write_leaves_previous_valid(base_model, tmp_path, monkeypatch):
