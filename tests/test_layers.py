@@ -4,7 +4,8 @@
 - pixellm_ros (the shipped package: node, conversions, demo tools, model, engine) never imports `training`, nor
   the `reliability` drivers;
 - benchmarks/ and reliability/ (the drivers benchmarks/reliability.py and the tests share) never import tests/
-  (neither its modules nor its files put on sys.path or executed).
+  (neither its modules nor its files put on sys.path or executed);
+- a test file imports what other tests share only from tests/support/, never from another test file.
 """
 from __future__ import annotations
 
@@ -70,6 +71,13 @@ def test_benchmarks_and_drivers_never_import_tests(name):
     assert not problems, f"{name}: " + "; ".join(problems)
 
 
+def test_tests_share_helpers_only_through_support():
+    files = python_files("tests/**/*.py")
+    problems = [f"{rel(p)} imports {n}" for p in files for n in sorted(imported_modules(p))
+                if n.startswith("tests.") and not n.startswith("tests.support")]
+    assert not problems, "move what is shared into tests/support/:\n" + "\n".join(problems)
+
+
 def test_the_checks_see_violations(tmp_path):
     """The rules catch what they are written for (a rule that sees nothing would pass forever)."""
     (tmp_path / PACKAGE).mkdir()
@@ -80,3 +88,7 @@ def test_the_checks_see_violations(tmp_path):
     bench.write_text('import sys\nsys.path.insert(0, str(ROOT / "tests" / "support"))\nfrom node_fixtures import x\n')
     assert benchmark_problems(bench, tmp_path) == ["imports node_fixtures", "imports node_fixtures.x",
                                          'names the "tests" folder (sys.path or a file of it)']
+    (tmp_path / "tests" / "node").mkdir(parents=True)
+    test = tmp_path / "tests" / "node" / "test_y.py"
+    test.write_text("from .test_x import segment\nfrom tests.support.ros_cli import Background\n")
+    assert {"tests.node.test_x", "tests.support.ros_cli"} <= imported_modules(test, tmp_path)
