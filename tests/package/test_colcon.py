@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.ros_helpers import DEADLINE_S
-from tests.support.ros_cli import Background, launch_tools_missing, wait_subscribed, write_params
+from tests.support.ros_cli import (Background, launch_tools_missing, wait_subscribed, wait_until_active,
+                                   write_params)
 
 pytestmark = pytest.mark.ros
 
@@ -137,7 +138,7 @@ def test_ros2_launch_runs_the_installed_node(workspace, scripted_model, tmp_path
         launch = Background(["launch", PACKAGE, "pixellm.launch.py", f"model_path:={scripted_model}",
                              f"params_file:={write_params(tmp_path / 'params.yaml')}"], env, tmp_path / "launch.log",
                             cwd=ws)
-        waiter.wait_exit("the installed node to become active", 2 * DEADLINE_S)
+        wait_until_active(env, waiter, cwd=ws)
         assert "process started with pid" in launch.log()
         pid = int(re.search(r"\[pixellm_node-\d+\]: process started with pid \[(\d+)\]", launch.log()).group(1))
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

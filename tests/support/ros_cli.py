@@ -1,6 +1,6 @@
 """Driving the ROS 2 command line from tests: whether `ros2 launch` can run here, a `ros2 ...` process in its own
-process group (stopped the way Ctrl-C stops it, nothing of it left behind), a small params file, and a wait for a
-subscription to appear in the graph. Shared by tests/package/test_launch_cli.py and test_colcon.py."""
+process group (stopped the way Ctrl-C stops it, nothing of it left behind), a small params file, a wait for a
+subscription to appear in the graph, and the README's wait for a node to become active. Shared by tests/package/test_launch_cli.py and test_colcon.py."""
 from __future__ import annotations
 
 import os
@@ -121,3 +121,25 @@ def wait_subscribed(topic: str, what: str) -> None:
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def wait_until_active(env: dict[str, str], waiter: Background, node: str = "/pixellm",
+                      timeout: float = 2 * DEADLINE_S, cwd: Path = ROOT) -> str | None:
+    """Until `node` is active, the way README tells a planner to wait: `waiter` (`ros2 topic echo --once` of
+    ~/transition_event filtered on goal state active, subscribed before the node started) exits with the event, or
+    ~/get_state says active. Both are needed: the event is volatile, and one the node publishes before its publisher
+    has discovered the subscriber is not delivered (ROS 2 promises nothing before matching; on a loaded machine the
+    first transitions can come that early). Returns the echoed event, or None when get_state said it first."""
+    deadline = time.monotonic() + timeout
+    while waiter.proc.poll() is None:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out after {timeout:.0f} s waiting for {node} to become active\n{waiter.log()}"
+        try:  # `ros2 service call` waits for the service to appear
+            state = subprocess.run(["ros2", "service", "call", f"{node}/get_state", "lifecycle_msgs/srv/GetState"],
+                                   env=env, cwd=cwd, capture_output=True, text=True, timeout=min(left, 30)).stdout
+        except subprocess.TimeoutExpired:
+            continue
+        if "label='active'" in state and waiter.proc.poll() is None:
+            return None
+        time.sleep(0.2)
+    return waiter.log()
