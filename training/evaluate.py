@@ -51,7 +51,8 @@ from pixellm_ros.overlay import draw_overlay
 from pixellm_ros.scenes import DEMO_QUESTIONS, DEMO_SEED, SceneObject, render_scene
 
 from .data.sample import DataError, Sample
-from .data.synthetic import AFFORDANCES, PHRASINGS, QUESTION_KINDS, SyntheticConfig, synthetic_sample
+from .data.synthetic import (AFFORDANCES, PHRASINGS, QUESTION_KINDS, SyntheticConfig, matching_objects,
+                             synthetic_sample)
 
 log = logging.getLogger(__name__)
 SYNTHETIC_MAX_NEW_TOKENS = 96  # the tabletop answers are short
@@ -365,13 +366,7 @@ def question_targets(question: str, objects: Sequence[SceneObject]) -> tuple[str
             if not m:
                 continue
             g = {k: v.lower() for k, v in m.groupdict().items()}
-            if kind == "refer":
-                match = [o for o in objects if (o.color, o.kind) == (g["color"], g["kind"])]
-            elif kind == "afford":
-                match = [o for o in objects if o.kind in AFFORDANCES[g["verb"]]]
-            else:
-                match = [o for o in objects if o.color == g["color"]]
-            return kind, sorted(match, key=lambda o: o.x)
+            return kind, matching_objects(list(objects), **g)
     raise ValueError(f"not a question of the synthetic domain: {question!r}")
 
 

@@ -63,6 +63,14 @@ class SyntheticConfig(SceneConfig):
             raise ValueError(f"phrasing must be one of {sorted(PHRASINGS)}, got {self.phrasing!r}")
 
 
+def matching_objects(objects: list[SceneObject], color: str | None = None, kind: str | None = None,
+                     verb: str | None = None) -> list[SceneObject]:
+    """The objects a question asks for, left to right (the answer's order): of `color` and/or `kind`, or usable to
+    `verb` (AFFORDANCES). The one answer rule of make_question and of the evaluation that scores answers by it."""
+    return sorted((o for o in objects if (color is None or o.color == color) and (kind is None or o.kind == kind)
+                   and (verb is None or o.kind in AFFORDANCES[verb])), key=lambda o: o.x)
+
+
 def _join(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -101,11 +109,11 @@ def make_question(rng: np.random.Generator, objects: list[SceneObject], cfg: Syn
         kind = "afford"
     if kind == "afford":
         verb = str(rng.choice(list(AFFORDANCES)))
-        targets = sorted([o for o in objects if o.kind in AFFORDANCES[verb]], key=lambda o: o.x)
+        targets = matching_objects(objects, verb=verb)
         q = _pick(rng, phrasings["afford"]).format(verb=verb)
     else:
         color = str(rng.choice(cfg.colors))
-        targets = sorted([o for o in objects if o.color == color], key=lambda o: o.x)
+        targets = matching_objects(objects, color=color)
         q = _pick(rng, phrasings["color"]).format(color=color)
     if not targets:
         return q, NO_SUCH_OBJECT, []
