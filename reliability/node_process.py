@@ -157,11 +157,12 @@ def build_adapter(model_folder: Path, folder: Path) -> Path:
     from pixellm_ros.model.adapters import add_lora, save_adapter
 
     model, tok = load_pixellm(model_folder)
-    add_lora(model, LoraConfig(r=2, alpha=4, dropout=0.0).spec())
+    spec = LoraConfig(r=2, alpha=4, dropout=0.0).spec()
+    add_lora(model, spec)
     with torch.no_grad():
         model.lm_head.weight.zero_()
         model.lm_head.weight[tok.eos_id] = 1.0  # the scripted hidden states are one positive unit vector
-    save_adapter(model, folder, saved_modules=["lm_head"], lora={"r": 2, "alpha": 4}, base_model=str(model_folder))
+    save_adapter(model, folder, saved_modules=["lm_head"], spec=spec, base_model=str(model_folder))
     return folder
 
 

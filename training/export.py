@@ -32,8 +32,7 @@ def export_run(training_model, tokenizer, cfg: TrainConfig, out: Path) -> dict:
     fold_token_rows(model)
     written = {}
     if lora_layers(model):
-        save_adapter(model, out / "adapter", saved_modules(cfg), {"r": cfg.lora.r, "alpha": cfg.lora.alpha,
-                     "dropout": cfg.lora.dropout}, base_model=str(cfg.base_model))
+        save_adapter(model, out / "adapter", saved_modules(cfg), cfg.lora.spec(), base_model=str(cfg.base_model))
         written["adapter"] = str(out / "adapter")
         if cfg.model.quantization != "none":
             return written

@@ -77,9 +77,10 @@ def _unwrap(model: nn.Module, merge: bool) -> int:
     return len(layers)
 
 
-def save_adapter(model: PixelLMForCausalLM, folder: str | Path, saved_modules: list[str], lora: dict,
+def save_adapter(model: PixelLMForCausalLM, folder: str | Path, saved_modules: list[str], spec: LoraSpec,
                  base_model: str = "") -> Path:
-    """Write LoRA weights (names without peft's adapter name) + the fully trained modules' weights."""
+    """Write LoRA weights (names without peft's adapter name) + the fully trained modules' weights. `spec`:
+    the LoRA `add_lora` injected; the config records the layers it matched, not its pattern."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -89,8 +90,8 @@ def save_adapter(model: PixelLMForCausalLM, folder: str | Path, saved_modules: l
         elif any(name == m or name.startswith(m + ".") for m in saved_modules) and "base_layer" not in name:
             tensors[name] = tensor
     targets = sorted(lora_layers(model))
-    cfg = {"format": ADAPTER_FORMAT, "base_model": base_model, "r": lora["r"], "alpha": lora["alpha"],
-           "dropout": lora.get("dropout", 0.0), "target_modules": targets, "saved_modules": saved_modules}
+    cfg = {"format": ADAPTER_FORMAT, "base_model": base_model, "r": spec.r, "alpha": spec.alpha,
+           "dropout": spec.dropout, "target_modules": targets, "saved_modules": saved_modules}
     tmp = folder / "adapter_model.safetensors.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     tmp.replace(folder / "adapter_model.safetensors")
