@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from .data.randomize import HELDOUT_PHOTOS
+from .grow import GROWN_FILE
 from .losses import LOSS_TERMS, RELEASE_TERMS, TOTAL
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -77,8 +78,20 @@ class Stage:
         data = "; ".join(_source_text(s) for s in self.config["data"]["sources"])
         stop = f" (schedule for {c['steps']} steps, stopped and exported at step {self.stopped_at})" if self.stopped_at else ""
         reinit = f"; re-initialised first: {', '.join(c['reinit_modules'])}" if c.get("reinit_modules") else ""
+        grown = self.grown
+        grew = (f"; LLM grown from {grown['layers_before']} to {grown['layers']} layers first (`training.grow`)"
+                if grown else "")
+        trained = f"; trained only: {', '.join(c['trainable'])}" if c.get("trainable", ["all"]) != ["all"] else ""
+        tower = "; vision tower trained too" if c.get("train_vision_tower") else ""
         return (f"| stage {k} | `{self.config_file}`: {self.steps} steps x batch {c['batch_size']} ({data}); "
-                f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{reinit}; {self.minutes():.0f} min |\n")
+                f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{grew}{reinit}{trained}{tower}; "
+                f"{self.minutes():.0f} min |\n")
+
+    @property
+    def grown(self) -> dict | None:
+        """training.grow's record when this stage started from a grown model (its base folder's grown.json)."""
+        path = Path(self.config["base_model"]) / GROWN_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
 
 SOURCE_KINDS = {"synthetic": "synthetic", "randomized": "synthetic objects over photographs / textures (randomized)",
@@ -164,6 +177,9 @@ def reproduce(stages: list[Stage], final: Stage, eval_dir: Path, out: Path, ques
         lines.append(f"python -m training.pretrain_vision --model runs/embedded/init --out runs/embedded/init_pretrained "
                      f"--steps {pre['steps']} --batch-size {pre['batch_size']} --device cuda --workers 14")
     for s in stages + [final]:
+        if s.grown:
+            lines.append(f"python -m training.grow --model {s.grown['source']} --layers {s.grown['layers']} "
+                         f"--out {s.config['base_model']}")
         lines.append(f"python -m training.train {s.config_file}" + (f"        # stopped after step {s.stopped_at}"
                                                                      if s.stopped_at else ""))
         if s.stopped_at:  # the next stage starts from an export of that checkpoint
@@ -267,7 +283,7 @@ fine-tune on your own data.
 | LLM | {params['num_hidden_layers']} layers, hidden {params['hidden_size']}, {params['num_attention_heads']} heads, vocab {params['vocab_size']} (own SentencePiece BPE) |
 | vision tower | `vision_tower/` (CLIP ViT, patch 14), run at {params['resize_vision_tower_size']} px |
 | size on disk | {folder_mb(out):.1f} MB ({params.get('torch_dtype')}) |
-{pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen; AdamW, warm-up then linear decay; batches of fresh samples (each seen once) |
+{pre_row}{stage_rows}| every stage | LLM, projectors, codebook and pixel decoder trained, vision tower frozen (unless the stage's row says otherwise); AdamW, warm-up then linear decay; batches of fresh samples (each seen once) |
 | time | {total:.0f} min of training on {hardware} (from the runs' metrics.csv) |
 | final training loss | {last.get(TOTAL, '?')} ({', '.join(f"{t.label} {last.get(t.key, '?')}" for t in RELEASE_TERMS)}) |
 

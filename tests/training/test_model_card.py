@@ -105,3 +105,20 @@ def test_the_demo_table_compares_the_model_with_its_base(tmp_path):
     assert "| this model | 4/4 | 4/4 | 2/2 | 2/2 | 0 | 0 | 2/2 |" in card and "scene 113" in card
     assert f"python -m training.evaluate --model {run}/model --demo --out {tmp_path / 'd2'}" in card
     assert f"--demo {tmp_path / 'd2'} --out {tmp_path / 'shipped'}" in card and (out / "demo_report.json").is_file()
+
+
+def test_a_stage_from_a_grown_model_says_so_and_how_it_was_grown(tmp_path):
+    first = _run(tmp_path, "s1", tmp_path / "init", 30)
+    grown = tmp_path / "s1_grown"
+    grown.mkdir()
+    (grown / "grown.json").write_text(json.dumps({"source": f"{first}/model", "layers_before": 3, "layers": 6,
+                                                  "copied_layers": [0, 1, 2]}))
+    final = _run(tmp_path, "s2", grown, 20, trainable=["model.layers.1", "lm_head"], train_vision_tower=True)
+    out = write_card(final, _heldout(tmp_path / "eval", 0.8, 0.8, 0.95), tmp_path / "shipped", stages=[str(first)])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "LLM grown from 3 to 6 layers first (`training.grow`); trained only: model.layers.1, lm_head; vision " \
+           "tower trained too" in card
+    assert card.count("grown from") == 1  # stage 1 started from a model nobody grew
+    grow_line = f"python -m training.grow --model {first}/model --layers 6 --out {grown}\n"
+    assert grow_line + f"python -m training.train {final}" in card
+    assert card.index(f"python -m training.train {first}") < card.index(grow_line)
