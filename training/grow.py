@@ -5,8 +5,9 @@
 A copy of a decoder layer is inserted after each group of original layers, with its two output projections
 (attention o_proj, MLP down_proj) set to zero: a new layer then adds nothing to the residual stream, so the grown
 model gives the same tokens and masks as the one it came from, and training continues from there with room to
-learn more (Wu et al. 2024, arXiv:2401.02415). Why here: the embedded model's 3 layers stop improving on some
-questions however it is trained further (model card, stage 14), and training a wider one from scratch needs a GPU.
+learn more (Wu et al. 2024, arXiv:2401.02415). It is the cheap way to give a trained model more LLM capacity:
+training a bigger one from scratch takes hours here. (The embedded model's stage 16 grew 3 -> 6 layers; it did not
+answer `make demo`'s questions better, whose errors are perception: model card.)
 Writes `grown.json` beside the weights so the model card can give the command that made the folder.
 """
 from __future__ import annotations
