@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import shutil
@@ -78,16 +79,15 @@ class Stage:
         data = "; ".join(_source_text(s) for s in self.config["data"]["sources"])
         stop = f" (schedule for {c['steps']} steps, stopped and exported at step {self.stopped_at})" if self.stopped_at else ""
         reinit = f"; re-initialised first: {', '.join(c['reinit_modules'])}" if c.get("reinit_modules") else ""
-        grown = self.grown
-        grew = (f"; LLM grown from {grown['layers_before']} to {grown['layers']} layers first (`training.grow`)"
-                if grown else "")
+        grew = (f"; LLM grown from {self.grown['layers_before']} to {self.grown['layers']} layers first "
+                "(`training.grow`)" if self.grown else "")
         trained = f"; trained only: {', '.join(c['trainable'])}" if c.get("trainable", ["all"]) != ["all"] else ""
         tower = "; vision tower trained too" if c.get("train_vision_tower") else ""
         return (f"| stage {k} | `{self.config_file}`: {self.steps} steps x batch {c['batch_size']} ({data}); "
                 f"lr {c['lr']}{stop}; loss {' + '.join(terms)}{grew}{reinit}{trained}{tower}; "
                 f"{self.minutes():.0f} min |\n")
 
-    @property
+    @functools.cached_property
     def grown(self) -> dict | None:
         """training.grow's record when this stage started from a grown model (its base folder's grown.json)."""
         path = Path(self.config["base_model"]) / GROWN_FILE
