@@ -62,6 +62,10 @@ class LossConfig:
     # Training-only head: each target's fused codebook prompt must name its target (the tokens of its name).
     # For LLMs trained from scratch, whose codebook states start target-agnostic (see training/objective.py).
     naming_weight: float = 0.0
+    # Training-only heads on the vision tower: each patch must predict the kind/colour mix under it, the labels
+    # training.pretrain_vision trains a from-scratch tower on, kept while PixelLM trains the tower (needs
+    # train_vision_tower; only sources with a class map, synthetic / randomized / negative, give labels).
+    patch_weight: float = 0.0
 
 
 @dataclass
@@ -176,6 +180,9 @@ class TrainConfig:
         if m.dtype != "float32" and self.mixed_precision == "no":
             problems.append(f"model.dtype {m.dtype!r} needs mixed_precision 'bf16' or 'fp16' (autocast runs the "
                             f"float32 trained parts with the {m.dtype} base); set mixed_precision, or dtype float32")
+        if self.loss.patch_weight > 0 and not self.train_vision_tower:
+            problems.append("loss.patch_weight trains the vision tower's features, but the tower is frozen: set "
+                            "train_vision_tower: true, or patch_weight: 0")
         if problems:
             raise ValueError("training config refused:\n  - " + "\n  - ".join(problems))
 

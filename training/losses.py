@@ -41,7 +41,8 @@ def overlap_per_mask(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return loss.flatten(1).mean(1)
 
 
-TOKENS, MASKS = "tokens", "masks"  # what a term's sum is divided by: answer tokens or target masks of the batch
+# What a term's sum is divided by: answer tokens, target masks or labelled vision patches of the batch.
+TOKENS, MASKS, PATCHES = "tokens", "masks", "patches"
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class LossTerm:
 
     key: str
     weight_field: str  # its weight in training.config.LossConfig
-    per: str  # TOKENS or MASKS
+    per: str  # TOKENS, MASKS or PATCHES
     label: str  # how the model card names it
     release: bool  # one of the release's three terms: always reported; the others only when weighted
     measures: str
@@ -73,7 +74,9 @@ OVERLAP = LossTerm("overlap", "overlap_weight", MASKS, "target refinement", Fals
                    "BCE on the pixels two or more masks of one answer claim", overlap_per_mask)
 NAMING = LossTerm("naming", "naming_weight", MASKS, "prompt naming (training-only head)", False,
                   "NLL of each target's name read off its codebook prompt (see objective.TrainingModel)")
-LOSS_TERMS = (CE, BCE, DICE, OVERLAP, NAMING)  # in this order in metrics.csv and in the weighted sum
+PATCH = LossTerm("patch", "patch_weight", PATCHES, "vision patch labels (training-only heads)", False,
+                 "cross-entropy of each labelled vision patch's kind/colour mix, read off both tower features")
+LOSS_TERMS = (CE, BCE, DICE, OVERLAP, NAMING, PATCH)  # in this order in metrics.csv and in the weighted sum
 RELEASE_TERMS = tuple(t for t in LOSS_TERMS if t.release)
 TOTAL = "loss"  # the key of the weighted sum
 LOG_KEYS = (TOTAL, *(t.key for t in LOSS_TERMS))  # metrics.csv's columns after step, lr, samples_per_s

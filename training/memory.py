@@ -34,6 +34,8 @@ def select_trainable(model: TrainingModel, cfg: TrainConfig) -> list[str]:
     if cfg.train_vision_tower:
         model.vision_tower.requires_grad_(True)
         names += [f"vision_tower.{n}" for n, _ in model.vision_tower.named_parameters()]
+    for head in model.trained_heads:
+        head.requires_grad_(True)
     return names
 
 

@@ -13,7 +13,8 @@ from torch import nn
 from pixellm_ros.model import PixelLMForCausalLM
 
 from .config import LossConfig
-from .losses import CE, LOSS_TERMS, MASKS, NAMING, TOKENS, TOTAL, LossTerm
+from .data.patch_labels import NUM_CLASSES, labelled_patches, patch_cross_entropy
+from .losses import CE, LOSS_TERMS, MASKS, NAMING, PATCH, PATCHES, TOKENS, TOTAL, LossTerm
 
 NAMING_TEMPERATURE = 16.0
 PIXEL_TERMS = tuple(t for t in LOSS_TERMS if t.of_masks is not None)  # computed from each answer's masks
@@ -31,9 +32,29 @@ class TrainingModel(nn.Module):
         # linear probe to read the target's name off its prompt makes the prompts differ from the first
         # steps. It is a cosine classifier with a fixed temperature, so the name must be in the prompt's
         # DIRECTION: a plain linear probe reads a 0.4 % difference by growing its weights, and the
-        # decoder still sees one prompt for every target. Not part of PixelLM and not exported.
+        # decoder still sees one prompt for every target. The head itself stays at its random init (memory.
+        # select_trainable trains only `trained_heads`): fixed, nearly orthogonal name directions the prompts
+        # must turn towards, which no step can collapse. Not part of PixelLM and not exported.
         self.naming_head = (nn.Linear(model.config.out_dim, model.config.vocab_size, bias=False)
                             if loss.naming_weight > 0 else None)
+        # Why patch heads: with the tower unfrozen, the PixelLM losses alone reach it only through what the LLM
+        # and the decoder read first, and its kind features fade (a cup becomes "a red thing"). Linear probes
+        # on both features it hands PixelLM keep them saying the kind and colour under every patch, as in
+        # training.pretrain_vision. Trained (they must follow the moving features); not exported.
+        self.patch_heads = None
+        self._tower_features: tuple[torch.Tensor, ...] | None = None
+        if loss.patch_weight > 0:
+            width = model.vision_tower.config.hidden_size
+            self.patch_heads = nn.ModuleList(nn.Linear(width, NUM_CLASSES) for _ in range(2))
+            self.vision_tower.register_forward_hook(self._keep_tower_features)
+
+    @property
+    def trained_heads(self) -> list[nn.Module]:
+        """Training-only modules whose weights train with the run (select_trainable)."""
+        return [self.patch_heads] if self.patch_heads is not None else []
+
+    def _keep_tower_features(self, module: nn.Module, args, output) -> None:
+        self._tower_features = output  # (features, deep features), each (B, g*g, width)
 
     def forward(self, pixels: torch.Tensor, items: list, seg_ids: list[int]) -> dict[str, torch.Tensor]:
         """Summed loss terms and their counts for this process's batch (see `combine_losses`)."""
@@ -77,9 +98,26 @@ class TrainingModel(nn.Module):
             if self.naming_head is not None and it.target_name_ids:
                 per_mask[NAMING].append(self._naming(prompts, it.target_name_ids))
         zero = hidden.sum() * 0
+        patch_sum, patches = self._patch_loss(items) if self.patch_heads is not None else (zero, 0)
         return {CE.sum_key: ce_sum, TOKENS: (target[:, 1:] != -100).sum(),
                 **{t.sum_key: torch.cat(v).sum() if v else zero for t, v in per_mask.items()},
-                MASKS: torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device)}
+                MASKS: torch.tensor(sum(len(p) for p in seg_pos) // 6, device=device),
+                PATCH.sum_key: patch_sum, PATCHES: torch.tensor(patches, device=device)}
+
+    def _patch_loss(self, items: list) -> tuple[torch.Tensor, int]:
+        """(sum over labelled patches of the two heads' mean cross-entropy, labelled patch count) of the batch
+        just encoded; items without a class map (MUSE, COCO, labelme) add nothing."""
+        features, self._tower_features = self._tower_features, None
+        total, count = features[0].sum() * 0, 0
+        for i, it in enumerate(items):
+            if it.patch_classes is None:
+                continue
+            target = it.patch_classes.to(features[0].device)
+            valid = labelled_patches(target)
+            for head, f in zip(self.patch_heads, features):
+                total = total + patch_cross_entropy(head(f[i][valid].to(head.weight.dtype)), target[valid]).sum() / 2
+            count += int(valid.sum())
+        return total, count
 
     def _naming(self, prompts: torch.Tensor, names: list[list[int]]) -> torch.Tensor:
         """(N, scales, C) prompts -> (N,) mean NLL of each target's name tokens read off each scale's prompt."""
@@ -89,13 +127,14 @@ class TrainingModel(nn.Module):
 
 
 def combine_losses(parts: dict[str, torch.Tensor], tokens: torch.Tensor, masks: torch.Tensor, cfg: LossConfig,
-                   world: int = 1) -> dict[str, torch.Tensor]:
+                   world: int = 1, patches: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Normalise summed terms by the GLOBAL token and mask counts of the step's batch (all processes),
     times `world` because DDP averages gradients over processes. With one process this is the release's
     token-mean CE and mask-mean BCE / DICE; with several it gives the same gradient as one process
     with the whole batch.
     """
-    counts = {TOKENS: tokens.clamp(min=1).float(), MASKS: masks.clamp(min=1).float()}
+    counts = {TOKENS: tokens.clamp(min=1).float(), MASKS: masks.clamp(min=1).float(),
+              PATCHES: (parts[PATCHES] if patches is None else patches).clamp(min=1).float()}
     # times world: the mean over processes is the global value
     terms = {t.key: parts[t.sum_key] / counts[t.per] * world for t in LOSS_TERMS}
     loss = sum(t.weight(cfg) * terms[t.key] for t in LOSS_TERMS)

@@ -18,7 +18,6 @@ import logging
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,28 +27,10 @@ from tqdm import tqdm
 from pixellm_ros.model import load_pixellm, save_pixellm
 from pixellm_ros.model.processing import preprocess_image
 
-from .data.synthetic import COLORS, KINDS, SyntheticConfig, render_scene
+from .data.patch_labels import NUM_CLASSES, class_map, labelled_patches, patch_cross_entropy, patch_targets
+from .data.synthetic import SyntheticConfig, render_scene
 
 log = logging.getLogger(__name__)
-NUM_CLASSES = 1 + len(KINDS) * len(COLORS)  # 0 = background
-
-
-def class_map(objects, shape: tuple[int, int]) -> np.ndarray:
-    labels = np.zeros(shape, np.int64)
-    for o in objects:
-        labels[o.mask] = 1 + KINDS.index(o.kind) * len(COLORS) + list(COLORS).index(o.color)
-    return labels
-
-
-def patch_targets(labels: np.ndarray, input_size: tuple[int, int], side: int, grid: int) -> torch.Tensor:
-    """(H, W) class ids -> (grid*grid, C) class fractions per patch of the padded model input; padding
-    patches get all-zero rows (ignored)."""
-    h, w = input_size
-    resized = cv2.resize(labels.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    onehot = np.zeros((NUM_CLASSES, side, side), np.float32)
-    onehot[resized, np.arange(h)[:, None], np.arange(w)[None]] = 1.0
-    frac = F.adaptive_avg_pool2d(torch.from_numpy(onehot)[None], grid)[0]  # (C, g, g)
-    return frac.flatten(1).T
 
 
 class PatchLabels(torch.utils.data.Dataset):
@@ -96,8 +77,8 @@ def pretrain(model_dir: str, out: str, steps: int = 600, batch_size: int = 32, l
     for step, (pixels, valid, target) in bar:
         pixels, valid, target = pixels.to(device), valid.to(device), target.to(device)
         feats = tower(pixels, valid)
-        valid = valid.bool() & (target.sum(-1) > 0.5)
-        loss = sum(-(target * F.log_softmax(h(f), -1)).sum(-1)[valid].mean() for h, f in zip(heads, feats)) / 2
+        valid = valid.bool() & labelled_patches(target)
+        loss = sum(patch_cross_entropy(h(f)[valid], target[valid]).mean() for h, f in zip(heads, feats)) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

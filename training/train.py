@@ -33,7 +33,7 @@ from pixellm_ros.model.adapters import add_lora
 
 from .config import TrainConfig
 from .data.dataset import IndexedBatches, MixtureStream
-from .losses import LOG_KEYS, LOSS_TERMS, MASKS, RELEASE_TERMS, TOKENS, TOTAL
+from .losses import LOG_KEYS, LOSS_TERMS, MASKS, PATCHES, RELEASE_TERMS, TOKENS, TOTAL
 from .memory import (DTYPES, cast_trainable, checkpointing_wanted, enable_gradient_checkpointing, select_trainable,
                      train_new_token_rows)
 from .objective import TrainingModel, combine_losses
@@ -187,7 +187,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         log.info("resumed from %s (step %d, sample %d)", ckpt, start_step, position)
-    stream = MixtureStream(cfg.data, tokenizer, model_config(model).resize_vision_tower_size, cfg.seed)
+    mcfg = model_config(model)
+    stream = MixtureStream(cfg.data, tokenizer, mcfg.resize_vision_tower_size, cfg.seed,
+                           patch_grid=mcfg.vision_grid if cfg.loss.patch_weight > 0 else 0)
     batches = IndexedBatches(stream, cfg.batch_size, accelerator.process_index, accelerator.num_processes, position,
                              workers=cfg.data_workers)
     seg_ids = tokenizer.seg_token_ids
@@ -207,8 +209,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx, accelerator.autocast():
                 parts = model(batch["pixels"], batch["items"], seg_ids)
-                counts = accelerator.reduce(torch.stack([parts[TOKENS], parts[MASKS]]).float(), reduction="sum")
-                losses = combine_losses(parts, counts[0], counts[1], cfg.loss, accelerator.num_processes)
+                counts = accelerator.reduce(torch.stack([parts[TOKENS], parts[MASKS], parts[PATCHES]]).float(),
+                                            reduction="sum")
+                losses = combine_losses(parts, counts[0], counts[1], cfg.loss, accelerator.num_processes, counts[2])
                 accelerator.backward(losses[TOTAL] / cfg.grad_accum)
             for k in LOG_KEYS:
                 sums[k] += float(losses[k].detach()) / cfg.grad_accum

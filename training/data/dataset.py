@@ -19,6 +19,7 @@ from pixellm_ros.model.processing import preprocess_image
 from pixellm_ros.model.tokenizer import SEG_TOKENS, PixelLMTokenizer
 
 from ..config import DataConfig, SourceConfig
+from .patch_labels import patch_targets
 from .sample import SEG_PLACEHOLDER, DataError, Sample
 from .synthetic import SyntheticConfig, synthetic_sample
 
@@ -39,13 +40,17 @@ class Encoded:
     masks: torch.Tensor  # (N, H, W) float {0, 1}
     source: str
     target_name_ids: list[list[int]] = field(default_factory=list)  # tokens of each target's name (may be empty)
+    patch_classes: torch.Tensor | None = None  # (g*g, NUM_CLASSES) class mix per vision patch (loss.patch_weight)
 
 
 def answer_with_codebook(answer: str) -> str:
     return answer.replace(SEG_PLACEHOLDER, SEG_TEXT)
 
 
-def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, cfg: DataConfig) -> Encoded:
+def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, cfg: DataConfig,
+                  patch_grid: int = 0) -> Encoded:
+    """`patch_grid` > 0: also the sample's per-patch class mix on the vision tower's grid, where it has a
+    class map (only the auxiliary patch loss reads it; building it costs a one-hot of the padded image)."""
     sample.validate()
     head, tail = split_prompt(tokenizer, sample.question)
     answer = tokenizer.encode(answer_with_codebook(sample.answer), add_bos=False) + [tokenizer.eos_id]
@@ -58,9 +63,12 @@ def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, 
         raise DataError(f"{sample.source}: answer does not tokenize to {len(sample.masks)} codebook groups")
     p = preprocess_image(sample.image, image_size)
     names = sample.names if len(sample.names) == len(sample.masks) else []
+    patches = None
+    if patch_grid and sample.class_map is not None:
+        patches = patch_targets(sample.class_map, p.input_size, p.pixels.shape[-1], patch_grid)
     return Encoded(p.pixels[0], p.input_size, p.original_size, head, tail, answer,
                    torch.from_numpy(sample.masks.astype(np.float32)), sample.source,
-                   [tokenizer.encode(n, add_bos=False) for n in names])
+                   [tokenizer.encode(n, add_bos=False) for n in names], patches)
 
 
 def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | None]:
@@ -98,8 +106,10 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
 class MixtureStream:
     """Sample i of the mixture: a source chosen by ratio from (seed, i), then that source's next item."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: PixelLMTokenizer, image_size: int, seed: int) -> None:
+    def __init__(self, cfg: DataConfig, tokenizer: PixelLMTokenizer, image_size: int, seed: int,
+                 patch_grid: int = 0) -> None:
         self.cfg, self.tokenizer, self.image_size, self.seed = cfg, tokenizer, image_size, seed
+        self.patch_grid = patch_grid  # > 0: items carry per-patch class labels (encode_sample)
         self.readers = [source_reader(s) for s in cfg.sources]
         ratios = np.array([s.ratio for s in cfg.sources], float)
         if (ratios <= 0).any():
@@ -118,7 +128,7 @@ class MixtureStream:
         for attempt in range(100):
             k, j = self._pick(i if attempt == 0 else i * 1000 + attempt)
             try:
-                return encode_sample(self.readers[k][0](j), self.tokenizer, self.image_size, self.cfg)
+                return encode_sample(self.readers[k][0](j), self.tokenizer, self.image_size, self.cfg, self.patch_grid)
             except DataError as e:
                 if self.cfg.on_bad_record == "stop":
                     raise

@@ -23,6 +23,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from .patch_labels import class_map
 from .sample import Sample
 from .synthetic import COLORS, NO_SUCH_OBJECT, SyntheticConfig, make_question, render_scene
 
@@ -221,7 +222,7 @@ def randomized_sample(seed: int, index: int, cfg: RandomizeConfig | None = None)
     question, answer, targets = make_question(qrng, objects, cfg.scene)
     masks = np.stack([t.mask for t in targets]) if targets else np.zeros((0, h, w), bool)
     return Sample(image=img, question=question, answer=answer, masks=masks, names=[t.name for t in targets],
-                  source=f"randomized:{seed}:{index}:{bg}")
+                  source=f"randomized:{seed}:{index}:{bg}", class_map=class_map(objects, (h, w)))
 
 
 def no_object_mix(mix: dict[str, float]) -> dict[str, float]:
@@ -246,7 +247,7 @@ def negative_sample(seed: int, index: int, cfg: RandomizeConfig | None = None) -
     question, answer, targets = make_question(qrng, [], qcfg)
     assert not targets and answer == NO_SUCH_OBJECT
     return Sample(image=img, question=question, answer=answer, masks=np.zeros((0, h, w), bool),
-                  source=f"negative:{seed}:{index}:{bg}")
+                  source=f"negative:{seed}:{index}:{bg}", class_map=class_map([], (h, w)))
 
 
 @dataclass

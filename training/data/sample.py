@@ -27,7 +27,8 @@ class Sample:
     """One question on one image.
 
     image: (H, W, 3) uint8 RGB; answer: text with one "{seg}" per target, in the order of `masks`;
-    masks: (N, H, W) bool; names: what the answer calls each target (for reports).
+    masks: (N, H, W) bool; names: what the answer calls each target (for reports); class_map: (H, W) class id
+    of every pixel (patch_labels.class_map) where the source knows every object in the image, else None.
     """
 
     image: np.ndarray
@@ -36,6 +37,7 @@ class Sample:
     masks: np.ndarray
     names: list[str] = field(default_factory=list)
     source: str = ""
+    class_map: np.ndarray | None = None
 
     def validate(self) -> "Sample":
         where = self.source or "sample"
@@ -43,6 +45,8 @@ class Sample:
             raise DataError(f"{where}: image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
         if self.masks.ndim != 3 or self.masks.shape[1:] != self.image.shape[:2]:
             raise DataError(f"{where}: masks {self.masks.shape} do not match image {self.image.shape[:2]}")
+        if self.class_map is not None and self.class_map.shape != self.image.shape[:2]:
+            raise DataError(f"{where}: class map {self.class_map.shape} does not match image {self.image.shape[:2]}")
         count = self.answer.count(SEG_PLACEHOLDER)
         if count != len(self.masks):
             raise DataError(f"{where}: answer has {count} {SEG_PLACEHOLDER} but there are {len(self.masks)} masks")

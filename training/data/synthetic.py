@@ -15,6 +15,7 @@ import numpy as np
 
 from pixellm_ros.scenes import COLORS, KINDS, SceneConfig, SceneObject, render_scene  # noqa: F401 (re-exported)
 
+from .patch_labels import class_map
 from .sample import Sample
 
 AFFORDANCES = {
@@ -135,7 +136,8 @@ def synthetic_sample(seed: int, index: int, cfg: SyntheticConfig | None = None) 
     question, answer, targets = make_question(rng, objects, cfg)
     masks = np.stack([t.mask for t in targets]) if targets else np.zeros((0, *image.shape[:2]), bool)
     return Sample(image=image, question=question, answer=answer, masks=masks,
-                  names=[t.name for t in targets], source=f"synthetic:{seed}:{index}")
+                  names=[t.name for t in targets], source=f"synthetic:{seed}:{index}",
+                  class_map=class_map(objects, image.shape[:2]))
 
 
 def domain_text(cfg: SyntheticConfig | None = None, n: int = 400, seed: int = 12345) -> list[str]:
