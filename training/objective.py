@@ -13,7 +13,7 @@ from torch import nn
 from pixellm_ros.model import PixelLMForCausalLM
 
 from .config import LossConfig
-from .data.patch_labels import NUM_CLASSES, labelled_patches, patch_cross_entropy
+from .data.patch_labels import NUM_CLASSES, balanced_weights, labelled_patches, patch_cross_entropy
 from .losses import CE, LOSS_TERMS, MASKS, NAMING, PATCH, PATCHES, TOKENS, TOTAL, LossTerm
 
 NAMING_TEMPERATURE = 16.0
@@ -106,7 +106,8 @@ class TrainingModel(nn.Module):
 
     def _patch_loss(self, items: list) -> tuple[torch.Tensor, int]:
         """(sum over labelled patches of the two heads' mean cross-entropy, labelled patch count) of the batch
-        just encoded; items without a class map (MUSE, COCO, labelme) add nothing."""
+        just encoded, object and background patches of each image weighing half each (balanced_weights);
+        items without a class map (MUSE, COCO, labelme) add nothing."""
         features, self._tower_features = self._tower_features, None
         total, count = features[0].sum() * 0, 0
         for i, it in enumerate(items):
@@ -114,8 +115,10 @@ class TrainingModel(nn.Module):
                 continue
             target = it.patch_classes.to(features[0].device)
             valid = labelled_patches(target)
+            weights = balanced_weights(target[valid])
             for head, f in zip(self.patch_heads, features):
-                total = total + patch_cross_entropy(head(f[i][valid].to(head.weight.dtype)), target[valid]).sum() / 2
+                ce = patch_cross_entropy(head(f[i][valid].to(head.weight.dtype)), target[valid])
+                total = total + (weights * ce).sum() / 2
             count += int(valid.sum())
         return total, count
 

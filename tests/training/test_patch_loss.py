@@ -11,7 +11,7 @@ import torch
 
 from training.config import DataConfig, LossConfig, SourceConfig, TrainConfig
 from training.data.dataset import IndexedBatches, MixtureStream
-from training.data.patch_labels import NUM_CLASSES, labelled_patches, patch_targets
+from training.data.patch_labels import NUM_CLASSES, balanced_weights, labelled_patches, patch_targets
 from training.data.randomize import negative_sample
 from training.data.synthetic import COLORS, KINDS, synthetic_sample
 from training.memory import select_trainable
@@ -38,6 +38,15 @@ def test_patch_targets_are_class_fractions_inside_the_image_and_zero_in_the_padd
     assert valid[:2].all() and not valid[2:].any()
     rows = target.view(4, 4, NUM_CLASSES)
     assert torch.allclose(rows[:2, :2, 0], torch.ones(2, 2)) and torch.allclose(rows[:2, 2:, 5], torch.ones(2, 2))
+
+
+def test_balanced_weights_give_object_and_background_patches_half_each():
+    target = torch.zeros(10, NUM_CLASSES)
+    target[:8, 0] = 1  # table
+    target[8:, 3] = 1  # one small object
+    w = balanced_weights(target)
+    assert float(w.sum()) == pytest.approx(10) and float(w[8:].sum()) == pytest.approx(float(w[:8].sum()))
+    assert torch.equal(balanced_weights(target[:8]), torch.ones(8))  # no object: a plain mean
 
 
 def _batch(model, tok, patch_grid: int, kind: str = "synthetic"):
