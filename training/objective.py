@@ -37,10 +37,10 @@ class TrainingModel(nn.Module):
         # must turn towards, which no step can collapse. Not part of PixelLM and not exported.
         self.naming_head = (nn.Linear(model.config.out_dim, model.config.vocab_size, bias=False)
                             if loss.naming_weight > 0 else None)
-        # Why patch heads: with the tower unfrozen, the PixelLM losses alone reach it only through what the LLM
-        # and the decoder read first, and its kind features fade (a cup becomes "a red thing"). Linear probes
-        # on both features it hands PixelLM keep them saying the kind and colour under every patch, as in
-        # training.pretrain_vision. Trained (they must follow the moving features); not exported.
+        # Why patch heads: with the tower unfrozen, the PixelLM losses reach it only through what the LLM and the
+        # decoder read, which never asks it to tell a cup from a ball (the embedded model's commonest confusion).
+        # Linear probes on both features it hands PixelLM ask exactly that of every patch, as
+        # training.pretrain_vision does. Trained (they must follow the moving features); not exported.
         self.patch_heads = None
         self._tower_features: tuple[torch.Tensor, ...] | None = None
         if loss.patch_weight > 0:
