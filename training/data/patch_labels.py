@@ -1,8 +1,8 @@
 """Dense labels the synthetic domain gives for free: which (kind, colour) lies under every vision patch.
 
 Used twice: `training.pretrain_vision` trains a from-scratch tower on them alone, and `loss.patch_weight`
-keeps them as an auxiliary term while PixelLM trains with its tower unfrozen (the PixelLM losses alone let
-the tower drift from "what kind is this" towards whatever the LLM reads first; see objective.py).
+keeps them as an auxiliary term while PixelLM trains with its tower unfrozen (the PixelLM losses never ask the
+tower to tell a cup from a ball; see objective.py).
 """
 from __future__ import annotations
 
