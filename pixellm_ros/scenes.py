@@ -54,6 +54,10 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= 8:
             raise ValueError(f"objects per scene must satisfy 1 <= min <= max <= 8, got {self.min_objects}..{self.max_objects}")
+        unknown = [k for k in self.kinds if k not in KINDS] + [c for c in self.colors if c not in COLORS]
+        if unknown or not self.kinds or not self.colors:
+            raise ValueError(f"kinds must be some of {list(KINDS)} and colors some of {list(COLORS)}, got "
+                             f"{list(self.kinds)} / {list(self.colors)}")
 
 
 def _draw(kind: str, canvas: np.ndarray, cx: int, cy: int, s: float, color, rng: np.random.Generator) -> None:

@@ -84,6 +84,7 @@ class SourceConfig:
     questions_per_scene: int = 1  # synthetic: > 1 asks several questions about each scene (see synthetic.py)
     style: str = "default"  # synthetic: camera look ("default" or "dim")
     kinds: list[str] = field(default_factory=list)  # synthetic: restrict object kinds (empty = all)
+    colors: list[str] = field(default_factory=list)  # synthetic: restrict object colours (empty = all)
     question_mix: dict[str, float] = field(default_factory=dict)  # synthetic: ratio per synthetic.QUESTION_KINDS (empty = default)
     objects: list[int] = field(default_factory=list)  # synthetic: [min, max] objects per scene (empty = default)
     phrasing: str = "template"  # synthetic: question phrasings, "template" or "varied" (see synthetic.py)

@@ -51,6 +51,28 @@ def test_objects_per_scene_range_is_honoured_and_validated():
         source_reader(SourceConfig(objects=[3]))
 
 
+
+def test_a_source_can_restrict_kinds_and_colours_and_unknown_ones_are_refused():
+    """Curricula such as "containers of two colours" (same-coloured containers to tell apart) come from a source's
+    kinds / colors; a typo must fail when the config is read, not as a KeyError deep in a data worker."""
+    import pytest
+
+    from training.config import SourceConfig
+    from training.data.dataset import source_reader
+
+    read, _ = source_reader(SourceConfig(seed=4, kinds=["cup", "bottle"], colors=["red", "blue"], objects=[3, 4],
+                                         question_mix={"afford": 1}))
+    seen = set()
+    for i in range(20):
+        s = read(i)
+        s.validate()
+        seen |= {tuple(n.split()[1:]) for n in s.names}
+        assert "hold water" in s.question or s.answer == "There is no such object in the image."
+    assert seen and seen <= {(c, k) for c in ("red", "blue") for k in ("cup", "bottle")}
+    for bad in ({"kinds": ("mug",)}, {"colors": ("purple",)}, {"colors": ()}):
+        with pytest.raises(ValueError, match="kinds must be some of"):
+            SyntheticConfig(**bad)
+
 def test_varied_phrasings_ask_the_same_things_and_leave_the_template_stream_alone():
     import pytest
 

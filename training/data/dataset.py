@@ -78,6 +78,7 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
             raise ValueError(f"{src.kind} source: objects must be [min, max], got {src.objects}")
         cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene, phrasing=src.phrasing,
                               **({"kinds": tuple(src.kinds)} if src.kinds else {}),
+                              **({"colors": tuple(src.colors)} if src.colors else {}),
                               **({"question_mix": dict(src.question_mix)} if src.question_mix else {}),
                               **(dict(zip(("min_objects", "max_objects"), src.objects)) if src.objects else {}))
         make: Callable[[int, int, SyntheticConfig], Sample] = synthetic_sample
