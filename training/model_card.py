@@ -105,6 +105,8 @@ def _source_text(src: dict) -> str:
     return (f"{share}{kind} seed {src.get('seed', 0)}, {src.get('questions_per_scene', 1)} questions per scene"
             + (f", question mix {mix}" if mix else "")
             + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else "")
+            + (f", only {'/'.join(src['kinds'])}" if src.get("kinds") else "")
+            + (f", only {'/'.join(src['colors'])} objects" if src.get("colors") else "")
             + (f", {src['phrasing']} phrasings" if src.get("phrasing", "template") != "template" else ""))
 
 
