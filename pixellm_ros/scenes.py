@@ -50,6 +50,10 @@ class SceneConfig:
     colors: tuple[str, ...] = tuple(COLORS)
     min_visible_fraction: float = 0.5  # objects hidden more than this are redrawn elsewhere
     style: str = "default"  # "default" or "dim" (a darker, bluish camera: a new domain look)
+    # No two objects of one kind and colour: "the red cup" then names one object. Off by default (the demo camera's
+    # and the shipped model's streams); training curricula of one or two colours need it, or their answers teach
+    # "The red cup and the red cup.".
+    distinct: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= 8:
@@ -110,6 +114,12 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig | None = None) -> tu
     for _ in range(n):
         kind = str(rng.choice(cfg.kinds))
         color = str(rng.choice(cfg.colors))
+        used = {(o.kind, o.color) for o in objects}
+        if cfg.distinct and (kind, color) in used:  # (draws more only then: the streams without the flag are unchanged)
+            free = [(k, c) for k in cfg.kinds for c in cfg.colors if (k, c) not in used]
+            if not free:
+                break
+            kind, color = free[int(rng.integers(len(free)))]
         for _attempt in range(20):
             s = rng.uniform(0.8, 1.3)
             cx, cy = int(rng.uniform(45, w - 45)), int(rng.uniform(horizon + 10, h - 40))

@@ -85,6 +85,7 @@ class SourceConfig:
     style: str = "default"  # synthetic: camera look ("default" or "dim")
     kinds: list[str] = field(default_factory=list)  # synthetic: restrict object kinds (empty = all)
     colors: list[str] = field(default_factory=list)  # synthetic: restrict object colours (empty = all)
+    distinct: bool = False  # synthetic: no two objects of one kind and colour in a scene
     question_mix: dict[str, float] = field(default_factory=dict)  # synthetic: ratio per synthetic.QUESTION_KINDS (empty = default)
     objects: list[int] = field(default_factory=list)  # synthetic: [min, max] objects per scene (empty = default)
     phrasing: str = "template"  # synthetic: question phrasings, "template" or "varied" (see synthetic.py)

@@ -73,6 +73,19 @@ def test_a_source_can_restrict_kinds_and_colours_and_unknown_ones_are_refused():
         with pytest.raises(ValueError, match="kinds must be some of"):
             SyntheticConfig(**bad)
 
+
+def test_distinct_scenes_never_repeat_a_kind_and_colour():
+    """One-colour curricula need it: else "The red cup and the red cup." is a right answer they teach."""
+    one_colour = dict(colors=("red",), min_objects=4, max_objects=5)
+    pairs = lambda objects: [(o.kind, o.color) for o in objects]  # noqa: E731
+    plain = [render_scene(np.random.default_rng([5, i]), SyntheticConfig(**one_colour))[1] for i in range(30)]
+    assert any(len(set(pairs(objects))) < len(objects) for objects in plain)  # without the flag, kinds repeat
+    for i in range(30):
+        objects = render_scene(np.random.default_rng([5, i]), SyntheticConfig(**one_colour, distinct=True))[1]
+        assert len(set(pairs(objects))) == len(objects) >= 2
+    only_one = SyntheticConfig(kinds=("cup",), colors=("red",), min_objects=3, max_objects=3, distinct=True)
+    assert len(render_scene(np.random.default_rng(0), only_one)[1]) == 1  # no free pair left: fewer objects
+
 def test_varied_phrasings_ask_the_same_things_and_leave_the_template_stream_alone():
     import pytest
 

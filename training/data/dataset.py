@@ -77,6 +77,7 @@ def source_reader(src: SourceConfig) -> tuple[Callable[[int], Sample], int | Non
         if src.objects and len(src.objects) != 2:
             raise ValueError(f"{src.kind} source: objects must be [min, max], got {src.objects}")
         cfg = SyntheticConfig(style=src.style, questions_per_scene=src.questions_per_scene, phrasing=src.phrasing,
+                              distinct=src.distinct,
                               **({"kinds": tuple(src.kinds)} if src.kinds else {}),
                               **({"colors": tuple(src.colors)} if src.colors else {}),
                               **({"question_mix": dict(src.question_mix)} if src.question_mix else {}),
