@@ -107,6 +107,7 @@ def _source_text(src: dict) -> str:
             + (f", {src['objects'][0]}-{src['objects'][1]} objects per scene" if src.get("objects") else "")
             + (f", only {'/'.join(src['kinds'])}" if src.get("kinds") else "")
             + (f", only {'/'.join(src['colors'])} objects" if src.get("colors") else "")
+            + (", no kind and colour twice" if src.get("distinct") else "")
             + (f", {src['phrasing']} phrasings" if src.get("phrasing", "template") != "template" else ""))
 
 

@@ -28,13 +28,14 @@ def test_card_names_each_stage_and_how_to_rebuild_it(tmp_path):
     _run(tmp_path, "s2", tmp_path / "s1_step50", 40, reinit_modules=["model.mask_decoder"])
     final = _run(tmp_path, "s3", tmp_path / "s2" / "model", 20,
                  data={"sources": [{"kind": "synthetic", "seed": 2, "question_mix": {"refer": 1, "color": 1}},
-                                   {"kind": "synthetic", "seed": 3, "kinds": ["cup", "bottle"], "colors": ["red", "blue"]}]})
+                                   {"kind": "synthetic", "seed": 3, "kinds": ["cup", "bottle"], "colors": ["red", "blue"],
+                                    "distinct": True}]})
     evaluation = _heldout(tmp_path / "eval", 0.5, 0.6, 0.8)
     out = write_card(final, evaluation, tmp_path / "shipped", stages=[f"{first}:50", str(tmp_path / "s2")])
     card = (out / "MODEL_CARD.md").read_text()
     assert "| stage 1 |" in card and "50 steps x batch" in card and "stopped and exported at step 50" in card
     assert "re-initialised first: model.mask_decoder" in card and "question mix {'color': 1, 'refer': 1}" in card
-    assert "seed 3, 1 questions per scene, only cup/bottle, only red/blue objects" in card  # a restricted source says so
+    assert "seed 3, 1 questions per scene, only cup/bottle, only red/blue objects, no kind and colour twice" in card  # a restricted source says so
     assert "| stage 3 |" in card and "**not met**" in card
     # 50 + 40 + 20 steps of batch 8 at 8 samples/s: 110 s
     assert "| time | 2 min of training" in card
