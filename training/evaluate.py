@@ -410,6 +410,12 @@ def demo_failures(names: Sequence[str], truth: Sequence[str], mask_ious: Sequenc
     return out
 
 
+def _share_a_colour(targets: Sequence[SceneObject]) -> bool | None:
+    """For answers of several targets: do two of them share a colour (then only their kinds tell them apart, as for
+    the demo scene's red cup and red bottle)? None for answers of fewer than two targets."""
+    return len({o.color for o in targets}) < len(targets) if len(targets) >= 2 else None
+
+
 def demo_answer(engine: Engine, question: str, objects: Sequence[SceneObject], sampling: SamplingConfig,
                 image_shape: tuple[int, int]) -> dict:
     """Ask one demo question on the engine's current image and score it (the truth: question_targets)."""
@@ -423,7 +429,7 @@ def demo_answer(engine: Engine, question: str, objects: Sequence[SceneObject], s
     failures = demo_failures([t.phrase for t in r.targets], truth, [float(iou[i, j]) for i, j in zip(rows, cols)])
     return {"question": question, "kind": kind, "answer": r.answer, "said": [t.phrase for t in r.targets],
             "truth": truth, "right": not failures, "names_right": failures in ([], ["bad mask"]),
-            "failures": failures, "stop_reason": r.stop_reason,
+            "failures": failures, "stop_reason": r.stop_reason, "targets_share_a_colour": _share_a_colour(targets),
             "pred_masks": pred, "true_masks": gt}
 
 
@@ -433,7 +439,9 @@ def evaluate_demo(engine: Engine, scenes: Sequence[int], sampling: SamplingConfi
     asked with `sampling` (the node's defaults). Per question: accuracy, failure kinds, gIoU / cIoU / count
     (Metrics, each scene one image); per scene: the answers. A question is right when its targets' names are the
     true ones (as a multiset) and each mask overlaps its object with IoU >= DEMO_MASK_IOU; `names_right` counts
-    the answers whose names are right whatever the masks. Failure counts are answers with that failure."""
+    the answers whose names are right whatever the masks. Failure counts are answers with that failure.
+    `several_targets`: names right among the answers of two or more true targets, those where two share a colour
+    (only their kinds tell them apart: this model's weakest case) apart from the rest."""
     per_scene, metrics = [], {q: Metrics() for q in questions}
     for i in tqdm(scenes, desc="demo", leave=False):
         image, objects = render_scene(np.random.default_rng([seed, i]))
@@ -452,6 +460,11 @@ def evaluate_demo(engine: Engine, scenes: Sequence[int], sampling: SamplingConfi
                           "names_right": sum(a["names_right"] for a in answers),
                           "accuracy": sum(a["right"] for a in answers) / len(answers) if answers else float("nan"),
                           "failures": {f: sum(f in a["failures"] for a in answers) for f in DEMO_FAILURES},
+                          "several_targets": {
+                              label: {"asked": sum(a["targets_share_a_colour"] is shared for a in answers),
+                                      "names_right": sum(a["targets_share_a_colour"] is shared and a["names_right"]
+                                                         for a in answers)}
+                              for label, shared in (("sharing a colour", True), ("all colours distinct", False))},
                           **metrics[q].summary()}
     report = {"seed": seed, "scenes": list(scenes),
               "sampling": {k: getattr(sampling, k) for k in ("max_new_tokens", "max_targets", "repetition_ngram",

@@ -80,6 +80,11 @@ def test_a_model_that_always_says_the_red_cup_is_scored_per_question(tiny):
     assert report["by_question"][CUT]["failures"]["extra target"] == 1
     assert report["by_question"][CUT]["target_count_accuracy"] == 0.0
     assert report["failures"]["missed target"] == 2
+    # answers of several targets, split by whether two share a colour (then only the kind tells them apart)
+    assert report["by_question"][HOLD]["several_targets"] == {"sharing a colour": {"asked": 0, "names_right": 0},
+                                                              "all colours distinct": {"asked": 1, "names_right": 0}}
+    assert report["by_question"][BLUE]["several_targets"]["sharing a colour"] == {"asked": 1, "names_right": 0}
+    assert answers[RED_CUP]["targets_share_a_colour"] is None
 
 
 def test_cli_asks_with_the_node_defaults_on_the_camera_scenes_and_the_demo_scene(tiny, tmp_path, monkeypatch):
