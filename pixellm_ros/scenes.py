@@ -114,8 +114,8 @@ def render_scene(rng: np.random.Generator, cfg: SceneConfig | None = None) -> tu
     for _ in range(n):
         kind = str(rng.choice(cfg.kinds))
         color = str(rng.choice(cfg.colors))
-        used = {(o.kind, o.color) for o in objects}
-        if cfg.distinct and (kind, color) in used:  # (draws more only then: the streams without the flag are unchanged)
+        used = {(o.kind, o.color) for o in objects} if cfg.distinct else set()
+        if (kind, color) in used:  # (draws more only then: the streams without `distinct` are unchanged)
             free = [(k, c) for k in cfg.kinds for c in cfg.colors if (k, c) not in used]
             if not free:
                 break

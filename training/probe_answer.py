@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from pixellm_ros.engine import Engine, EngineConfig, SamplingConfig
+from pixellm_ros.model.scratch import ScriptedAnswer
 from pixellm_ros.scenes import DEMO_SCENE, DEMO_SEED, render_scene
 
-from .data.dataset import answer_with_codebook
+from .data.dataset import answer_ids
 
 
 @dataclass
@@ -28,20 +29,19 @@ class Step:
     top: list[tuple[int, float]]  # its own first choices (id, probability), most likely first
 
 
-class _Forced:
-    """Logits processor: records the model's distribution at each step, then forces the planned token."""
+class _Forced(ScriptedAnswer):
+    """ScriptedAnswer (forces the planned token at each step) that first records the model's own distribution."""
 
     def __init__(self, ids: list[int], top: int) -> None:
-        self.ids, self.k, self.steps = ids, top, []
+        super().__init__(ids)
+        self.k, self.steps = top, []
 
     def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
         want = self.ids[len(generated)]
         p = torch.softmax(logits.float(), -1)
         best = torch.topk(p, self.k)
         self.steps.append(Step(want, float(p[want]), [(int(i), float(v)) for v, i in zip(best.values, best.indices)]))
-        forced = torch.full_like(logits, float("-inf"))
-        forced[want] = 0.0
-        return forced
+        return super().__call__(generated, logits)
 
 
 def forced_ids(engine: Engine, question: str, ids: list[int], top: int = 3) -> list[Step]:
@@ -49,12 +49,6 @@ def forced_ids(engine: Engine, question: str, ids: list[int], top: int = 3) -> l
     forced = _Forced(ids, top)
     engine.ask(question, SamplingConfig(max_new_tokens=len(ids), logits_processor=forced))
     return forced.steps
-
-
-def answer_ids(engine: Engine, answer: str) -> list[int]:
-    """An answer with one "{seg}" per target, tokenized as training does (codebook tokens, then EOS)."""
-    tok = engine.tokenizer
-    return tok.encode(answer_with_codebook(answer), add_bos=False) + [tok.eos_id]
 
 
 def main(argv=None) -> int:
@@ -70,7 +64,7 @@ def main(argv=None) -> int:
     image, _ = render_scene(np.random.default_rng([args.seed, args.scene]))
     engine.set_image(image, image_key=f"scene {args.seed}:{args.scene}")
     name = lambda i: engine.tokenizer.decode([i]).strip() or engine.tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
-    for s in forced_ids(engine, args.question, answer_ids(engine, args.answer)):
+    for s in forced_ids(engine, args.question, answer_ids(engine.tokenizer, args.answer)):
         mark = "" if s.top[0][0] == s.token_id else "   <- not the model's choice"
         print(f"{name(s.token_id):>12} {s.probability:6.3f}   top: "
               + ", ".join(f"{name(i)} {v:.3f}" for i, v in s.top) + mark)

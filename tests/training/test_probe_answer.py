@@ -2,8 +2,8 @@
 import numpy as np
 
 from pixellm_ros.engine import Engine, EngineConfig, SamplingConfig
-from training.data.dataset import answer_with_codebook
-from training.probe_answer import answer_ids, forced_ids, main
+from training.data.dataset import answer_ids, answer_with_codebook
+from training.probe_answer import forced_ids, main
 
 
 def test_forcing_the_greedy_answer_finds_it_the_top_choice_everywhere(tiny):
@@ -17,7 +17,7 @@ def test_forcing_the_greedy_answer_finds_it_the_top_choice_everywhere(tiny):
     other = [(greedy[0] + 1) % len(engine.tokenizer)] + greedy[1:]  # not the model's first choice
     first = forced_ids(engine, question, other)[0]
     assert first.token_id != first.top[0][0] and first.probability < first.top[0][1]
-    ids = answer_ids(engine, "The red cup {seg}.")
+    ids = answer_ids(engine.tokenizer, "The red cup {seg}.")
     assert ids[-1] == engine.tokenizer.eos_id and set(engine.tokenizer.seg_token_ids) <= set(ids)
     assert ids[:-1] == engine.tokenizer.encode(answer_with_codebook("The red cup {seg}."), add_bos=False)
     engine.close()

@@ -51,7 +51,6 @@ def test_objects_per_scene_range_is_honoured_and_validated():
         source_reader(SourceConfig(objects=[3]))
 
 
-
 def test_a_source_can_restrict_kinds_and_colours_and_unknown_ones_are_refused():
     """Curricula such as "containers of two colours" (same-coloured containers to tell apart) come from a source's
     kinds / colors; a typo must fail when the config is read, not as a KeyError deep in a data worker."""
@@ -85,6 +84,7 @@ def test_distinct_scenes_never_repeat_a_kind_and_colour():
         assert len(set(pairs(objects))) == len(objects) >= 2
     only_one = SyntheticConfig(kinds=("cup",), colors=("red",), min_objects=3, max_objects=3, distinct=True)
     assert len(render_scene(np.random.default_rng(0), only_one)[1]) == 1  # no free pair left: fewer objects
+
 
 def test_varied_phrasings_ask_the_same_things_and_leave_the_template_stream_alone():
     import pytest

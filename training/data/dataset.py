@@ -47,13 +47,18 @@ def answer_with_codebook(answer: str) -> str:
     return answer.replace(SEG_PLACEHOLDER, SEG_TEXT)
 
 
+def answer_ids(tokenizer: PixelLMTokenizer, answer: str) -> list[int]:
+    """The training target of an answer with one "{seg}" per target: its tokens with codebook groups, then EOS."""
+    return tokenizer.encode(answer_with_codebook(answer), add_bos=False) + [tokenizer.eos_id]
+
+
 def encode_sample(sample: Sample, tokenizer: PixelLMTokenizer, image_size: int, cfg: DataConfig,
                   patch_grid: int = 0) -> Encoded:
     """`patch_grid` > 0: also the sample's per-patch class mix on the vision tower's grid, where it has a
     class map (only the auxiliary patch loss reads it; building it costs a one-hot of the padded image)."""
     sample.validate()
     head, tail = split_prompt(tokenizer, sample.question)
-    answer = tokenizer.encode(answer_with_codebook(sample.answer), add_bos=False) + [tokenizer.eos_id]
+    answer = answer_ids(tokenizer, sample.answer)
     if len(tail) > cfg.max_question_tokens + 8:
         raise DataError(f"{sample.source}: question is {len(tail)} tokens (limit {cfg.max_question_tokens})")
     if len(answer) > cfg.max_answer_tokens:
